@@ -1,0 +1,64 @@
+"""Write benchmark results in the project's format (bench/results/<bench>[.<gpu>].json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def git_commit() -> str:
+    """Short commit of the measured code ("uncommitted" outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "uncommitted"
+    return out.stdout.strip() or "uncommitted"
+
+
+def cpu_device() -> str:
+    """A short description of the CPU the numbers come from."""
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def goal(figure: str, value: float, target: str, met: bool) -> dict[str, Any]:
+    """One goal line: the measured value, the target as the issue writes it, and whether it is met."""
+    return {"figure": figure, "value": round(value, 4), "goal": target, "met": bool(met)}
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> float:
+    """Median of `repeats` calls of a timing function."""
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def write_results(
+    bench: str,
+    figures: dict[str, Any],
+    goals: list[dict[str, Any]],
+    device: str | None = None,
+    suffix: str | None = None,
+) -> Path:
+    """Write bench/results/<bench>[.<suffix>].json and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / (f"{bench}.{suffix}.json" if suffix else f"{bench}.json")
+    result = {
+        "bench": bench,
+        "command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit(),
+        "device": device or cpu_device(),
+        "figures": figures,
+        "goals": goals,
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Video ingestion: probe, decode, filter, resample, clip, shard."""

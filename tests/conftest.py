@@ -1,0 +1,42 @@
+"""Session-wide test set-up: isolated Prefect/MLflow homes and real services started once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect: its home, database and settings live in a throwaway folder.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="arvid-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_API_URL"] = ""
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_HOME / 'mlflow-default.db'}"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from tests.support.s3_server import s3_env, s3_server  # noqa: E402,F401  (fixtures)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One Prefect test server for the whole session (a flow run needs an API)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def tracking_config(tmp_path: Path):
+    """A fresh MLflow sqlite store for one test."""
+    from tasks.tracking import TrackingConfig
+
+    return TrackingConfig(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="arvid-test",
+        artifact_location=str(tmp_path / "mlartifacts"),
+    )

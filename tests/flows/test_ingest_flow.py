@@ -1,0 +1,87 @@
+"""The ingest flow and the `arvid` CLI, on a real Prefect test server and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.cli import main
+from flows.ingest import ingest_flow
+from tasks.config import load_config
+from tasks.settings import ArvidConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _demo_overrides(tmp_path: Path, tracking) -> list[str]:
+    return [
+        f"synthetic_dir={tmp_path / 'raw'}",
+        "synthetic.count=8",
+        "synthetic.frames=24",
+        "synthetic.preset=ultrafast",
+        f"ingest.source={tmp_path / 'raw' / 'labels.jsonl'}",
+        f"ingest.output_root={tmp_path / 'datasets'}",
+        "ingest.clip_frames=9",
+        "ingest.clip_stride=8",
+        "ingest.progress=false",
+        f"tracking.uri={tracking.uri}",
+        f"tracking.experiment={tracking.experiment}",
+        f"tracking.artifact_location={tracking.artifact_location}",
+    ]
+
+
+def test_cli_demo_makes_and_ingests_a_dataset_and_prints_json(
+    tmp_path: Path, tracking_config, capsys
+) -> None:
+    args = ["demo", "--json"] + [
+        item for o in _demo_overrides(tmp_path, tracking_config) for item in ("--set", o)
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert out[-2].startswith("demo: 8 videos made; ingest demo@")
+    assert summary["make_dataset"]["videos"] == 8
+    assert summary["ingest"]["clips_total"] == 16 and summary["ingest"]["quarantined_total"] == 0
+
+    # The MLflow run holds the counts, throughput and the manifest, tagged with the version.
+    mlflow.set_tracking_uri(tracking_config.uri)
+    runs = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(tracking_config.experiment).experiment_id]
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["arvid.dataset_version"] == summary["ingest"]["version"]
+    assert run.data.metrics["clips_total"] == 16 and run.data.metrics["clips_per_s"] > 0
+    assert run.data.params["ingest.clip_frames"] == "9"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "dataset")}
+    assert {
+        "dataset/manifest.jsonl",
+        "dataset/quarantine.jsonl",
+        "dataset/summary.json",
+    } <= artifacts
+
+
+def test_ingest_flow_rerun_reports_nothing_new(tmp_path: Path, tracking_config) -> None:
+    overrides = _demo_overrides(tmp_path, tracking_config)
+    assert main(["make-dataset", *[x for o in overrides for x in ("--set", o)]]) == 0
+    config = load_config(ArvidConfig, None, overrides)
+    first = ingest_flow(config)
+    second = ingest_flow(config)
+    assert first.published_new and not second.published_new
+    assert second.version == first.version and second.inputs_processed == 0
+    assert "nothing new" in second.line()
+
+
+def test_cli_names_the_bad_input_and_exits_2(tmp_path: Path, capsys) -> None:
+    assert (
+        main(["ingest", "--source", str(tmp_path / "nowhere"), "--set", "ingest.progress=false"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err
+    assert main(["ingest", "--set", "ingest.fps=-1"]) == 2
+    assert "ingest.fps" in capsys.readouterr().err
