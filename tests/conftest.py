@@ -40,3 +40,15 @@ def tracking_config(tmp_path: Path):
         experiment="arvid-test",
         artifact_location=str(tmp_path / "mlartifacts"),
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session (start-up costs ~5 s and ~1 GB)."""
+    import ray
+
+    from tasks.ray_runtime import RayConfig, ensure_ray
+
+    ensure_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()

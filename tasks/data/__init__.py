@@ -1,0 +1,1 @@
+"""Reading ingested datasets: manifests, shards, clips as tensors."""
