@@ -148,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if not args.json else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     # Prefect shows arvid's own log lines inside flow-run logs too.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "arvid")
+    # Without a Prefect server, each process starts a temporary one; 20 s (the default) is too
+    # short on a busy 2-core machine. Analytics would only try to reach the internet.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     _, run = COMMANDS[args.command]
     try:
         line, summary = run(args)
