@@ -1,0 +1,91 @@
+"""Finite scalar quantization (FSQ): round each latent channel onto a small fixed grid.
+
+Channel i has L_i levels. A value is first bounded with `tanh(z + shift) * half_l - offset`
+(offset 0.5 for even L, so that zero is one of the L integer levels), rounded with a
+straight-through gradient, then divided by `L_i // 2` so every code lies in [-1, 1]. The code
+book is the product grid: prod(L_i) codes (8,8,8,5,5,5 -> 64,000), no learned parameters, so a
+code's index and its vector convert both ways with mixed-radix arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Squeeze the tanh range a hair so that `round` never lands on L_i itself at saturation.
+_BOUND_EPS = 1e-3
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to the nearest integer; the gradient passes through as identity."""
+    return x + (torch.round(x) - x).detach()
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantizer over the last dimension of its input; holds no weights."""
+
+    def __init__(self, levels: Sequence[int]):
+        super().__init__()
+        if len(levels) == 0 or any(int(level) < 2 for level in levels):
+            raise ValueError(f"FSQ levels {list(levels)}: need at least one level, each >= 2")
+        self.levels = tuple(int(level) for level in levels)
+        levels_t = torch.tensor(self.levels, dtype=torch.float32)
+        # Mixed-radix place values: index = sum_i digit_i * prod_{j<i} L_j.
+        basis = torch.cumprod(torch.tensor((1,) + self.levels[:-1], dtype=torch.long), dim=0)
+        half_l = (levels_t - 1) * (1 - _BOUND_EPS) / 2
+        offset = torch.where(levels_t % 2 == 0, 0.5, 0.0)
+        # shift makes bound(0) == 0 exactly for even levels, whose grid is {-L/2, ..., L/2 - 1}
+        # (the FSQ paper writes tan here, equal to first order; atanh keeps zero a fixed point).
+        shift = torch.atanh(offset / half_l)
+        # Non-persistent: these are functions of `levels`, not weights, so checkpoints omit them.
+        self.register_buffer("_levels", levels_t, persistent=False)
+        self.register_buffer("_basis", basis, persistent=False)
+        self.register_buffer("_half_l", half_l, persistent=False)
+        self.register_buffer("_offset", offset, persistent=False)
+        self.register_buffer("_shift", shift, persistent=False)
+        self.register_buffer(
+            "_half_width", torch.div(levels_t, 2, rounding_mode="floor"), persistent=False
+        )
+
+    @property
+    def dim(self) -> int:
+        """Number of latent channels the quantizer expects."""
+        return len(self.levels)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct codes: the product of the levels."""
+        return math.prod(self.levels)
+
+    def bound(self, z: Tensor) -> Tensor:
+        """Squash (..., D) into the open interval that rounds onto each channel's grid."""
+        return torch.tanh(z + self._shift) * self._half_l - self._offset
+
+    def continuous(self, z: Tensor) -> Tensor:
+        """The bounded latent in code units ([-1, 1]), before rounding: (..., D) -> (..., D)."""
+        return self.bound(z.float()) / self._half_width
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Quantize (..., D) to codes in [-1, 1] with a straight-through gradient."""
+        # Always in float32: rounding bf16 values would put them on the wrong grid point.
+        return round_ste(self.bound(z.float())) / self._half_width
+
+    def codes_to_indices(self, codes: Tensor) -> Tensor:
+        """Codes (..., D) on the grid -> indices (...) in [0, codebook_size)."""
+        digits = torch.round(codes.float() * self._half_width + self._half_width).long()
+        return (digits * self._basis).sum(dim=-1)
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Indices (...) -> codes (..., D) in [-1, 1]."""
+        digits = torch.remainder(
+            torch.div(indices.long().unsqueeze(-1), self._basis, rounding_mode="floor"),
+            self._levels.long(),
+        )
+        return (digits.float() - self._half_width) / self._half_width
+
+    def zero_index(self) -> int:
+        """Index of the all-zeros code, the one a too-small input rounds to."""
+        return int(self.codes_to_indices(torch.zeros(self.dim, device=self._basis.device)))

@@ -1,0 +1,260 @@
+"""VideoTokenizer: causal 3D CNN autoencoder with an FSQ or multi-scale residual FSQ bottleneck.
+
+    video (B, C, T, H, W) in [-1, 1]          T = 1 + tf * n, H and W multiples of sf
+      -> Encoder -> z (B, D, t, h, w)         t = 1 + n, h = H / sf, w = W / sf, D = len(levels)
+      -> FSQ / MultiScaleFSQ -> indices, quantized (code units, in [-1, 1])
+      -> Decoder -> reconstruction (B, C, T, H, W)
+
+Weights are stored as safetensors plus a JSON config, so loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from pydantic import BaseModel, ConfigDict, model_validator
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from models.tokenizer.causal3d import Decoder, Encoder
+from models.tokenizer.fsq import FSQ
+from models.tokenizer.metrics import code_usage
+from models.tokenizer.multiscale import MultiScaleFSQ, UpsampleMode, default_scale_gains
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class TokenizerConfig(BaseModel):
+    """Architecture of a VideoTokenizer; a YAML mapping validates straight onto it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: int = 3
+    base_channels: int = 64  # ~48M weights with the other defaults; 4 gives a CPU-test toy
+    # One multiplier per resolution level; there are log2(spatial_factor) + 1 levels.
+    channel_multipliers: list[int] = [1, 2, 2, 4]
+    num_res_blocks: int = 2
+    max_norm_groups: int = 32
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    levels: list[int] = [8, 8, 8, 5, 5, 5]
+    # None: single-scale FSQ. Otherwise side lengths, coarse to fine, of the residual scales
+    # (e.g. [1, 2, 4, 8, 16] for a 16x16 latent); see multiscale.scale_shapes for other sizes.
+    scales: list[int] | None = None
+    # Gain applied to each scale's residual before rounding; None: sqrt(s_k / s_0), see multiscale.py.
+    scale_gains: list[float] | None = None
+    upsample_mode: UpsampleMode = "bilinear"
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerConfig:
+        stages = len(self.channel_multipliers) - 1
+        if self.spatial_factor < 2 or 2**stages != self.spatial_factor:
+            raise ValueError(
+                f"spatial_factor={self.spatial_factor}: must be a power of two with "
+                f"log2(spatial_factor) + 1 channel_multipliers; got {len(self.channel_multipliers)}"
+            )
+        if self.temporal_factor < 1 or self.temporal_factor & (self.temporal_factor - 1):
+            raise ValueError(f"temporal_factor={self.temporal_factor}: must be a power of two")
+        if self.temporal_factor > self.spatial_factor:
+            raise ValueError(
+                f"temporal_factor={self.temporal_factor}: at most spatial_factor={self.spatial_factor} "
+                "(time is downsampled in the same stages as space)"
+            )
+        if self.num_res_blocks < 1 or self.base_channels < 1:
+            raise ValueError("num_res_blocks and base_channels must be >= 1")
+        if self.scale_gains is not None and (
+            self.scales is None or len(self.scale_gains) != len(self.scales)
+        ):
+            raise ValueError(
+                f"scale_gains {self.scale_gains}: need one gain per scale (scales={self.scales})"
+            )
+        if self.scales is not None and self.scale_gains is None:
+            # Written out so that a saved config.json pins the gains: tokens mean nothing without them.
+            self.scale_gains = default_scale_gains(self.scales)
+        self.make_quantizer()  # validates levels, scales and gains
+        return self
+
+    @property
+    def channels(self) -> list[int]:
+        """Channel width of each resolution level."""
+        return [self.base_channels * m for m in self.channel_multipliers]
+
+    def make_quantizer(self) -> FSQ | MultiScaleFSQ:
+        """The weightless quantizer this config describes; the generator builds it without the
+        tokenizer's weights (move it with .to(device): its constants are buffers)."""
+        if self.scales is None:
+            return FSQ(self.levels)
+        return MultiScaleFSQ(self.levels, self.scales, self.scale_gains, self.upsample_mode)
+
+
+@dataclass
+class TokenizerEncoding:
+    """What encode returns; latents are (B, D, t, h, w) in FSQ code units."""
+
+    # single-scale: (B, t, h, w) long; multi-scale: one (B, t, h_k, w_k) per scale.
+    indices: Tensor | list[Tensor]
+    quantized: Tensor
+    # Pre-rounding latent in the same units as `quantized`, so decode() accepts it too.
+    continuous: Tensor
+
+
+class VideoTokenizer(nn.Module):
+    """Causal 3D CNN video tokenizer; see the module docstring for shapes."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.quantizer = config.make_quantizer()
+        latent_dim = len(config.levels)
+        args = (
+            latent_dim,
+            config.channels,
+            config.num_res_blocks,
+            config.temporal_factor,
+            config.max_norm_groups,
+        )
+        self.encoder = Encoder(config.in_channels, *args)
+        self.decoder = Decoder(config.in_channels, *args)
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame (after the first, which stands alone)."""
+        return self.config.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell along height and width."""
+        return self.config.spatial_factor
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct token ids (the same at every scale)."""
+        return math.prod(self.config.levels)
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels of the latent (FSQ dimension)."""
+        return len(self.config.levels)
+
+    @property
+    def scales(self) -> list[int] | None:
+        """Residual scales, coarse to fine, or None for single-scale FSQ."""
+        return None if self.config.scales is None else list(self.config.scales)
+
+    @property
+    def last_layer(self) -> Tensor:
+        """Weight of the decoder's output conv, for the adaptive GAN weight."""
+        return self.decoder.conv_out.conv.weight
+
+    def check_input_shape(self, frames: int, height: int, width: int) -> None:
+        """Raise ValueError naming the size and the rule if a T x H x W clip cannot be encoded."""
+        tf, sf = self.temporal_factor, self.spatial_factor
+        if frames < 1 or (frames - 1) % tf:
+            raise ValueError(
+                f"T={frames} frames: the tokenizer needs T = 1 + {tf}n (e.g. {_nearby(frames - 1, tf, 1)})"
+            )
+        for name, size in (("H", height), ("W", width)):
+            if size < sf or size % sf:
+                raise ValueError(
+                    f"{name}={size}: the tokenizer needs {name} divisible by {sf} (e.g. {_nearby(size, sf, 0)})"
+                )
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latent grid for a T x H x W clip."""
+        self.check_input_shape(frames, height, width)
+        return (
+            1 + (frames - 1) // self.temporal_factor,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
+
+    def scale_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h_k, w_k) per scale for an h x w latent frame (one entry for single-scale)."""
+        if isinstance(self.quantizer, MultiScaleFSQ):
+            return self.quantizer.scale_shapes(height, width)
+        return [(height, width)]
+
+    def encode(self, video: Tensor) -> TokenizerEncoding:
+        """Video (B, C, T, H, W) in [-1, 1] -> indices, quantized and continuous latents."""
+        if video.ndim != 5 or video.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"video of shape {tuple(video.shape)}: expected (B, {self.config.in_channels}, T, H, W)"
+            )
+        self.check_input_shape(*video.shape[2:])
+        z = self.encoder(video)  # (B, D, t, h, w)
+        if isinstance(self.quantizer, MultiScaleFSQ):
+            quantized, continuous, indices = self.quantizer(z)
+            return TokenizerEncoding(indices=indices, quantized=quantized, continuous=continuous)
+        z_last = rearrange(z, "b d t h w -> b t h w d")
+        codes = self.quantizer(z_last)  # (B, t, h, w, D)
+        return TokenizerEncoding(
+            indices=self.quantizer.codes_to_indices(codes.detach()),
+            quantized=rearrange(codes, "b t h w d -> b d t h w"),
+            continuous=rearrange(self.quantizer.continuous(z_last), "b t h w d -> b d t h w"),
+        )
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Latent (B, D, t, h, w) in code units (quantized or continuous) -> video (B, C, T, H, W)."""
+        return self.decoder(latent)
+
+    def indices_to_latent(self, indices: Tensor | list[Tensor]) -> Tensor:
+        """Token ids (as in TokenizerEncoding.indices, all scales) -> quantized latent (B, D, t, h, w)."""
+        if isinstance(self.quantizer, MultiScaleFSQ):
+            if not isinstance(indices, list | tuple) or len(indices) != self.quantizer.num_scales:
+                got = len(indices) if isinstance(indices, list | tuple) else "a single tensor"
+                raise ValueError(
+                    f"multi-scale tokenizer needs indices for all {self.quantizer.num_scales} scales; got {got}"
+                )
+            return self.quantizer.accumulate(indices, tuple(indices[-1].shape[-2:]))
+        if not isinstance(indices, Tensor):
+            raise ValueError("single-scale tokenizer needs one (B, t, h, w) index tensor")
+        return rearrange(self.quantizer.indices_to_codes(indices), "b t h w d -> b d t h w")
+
+    def decode_indices(self, indices: Tensor | list[Tensor]) -> Tensor:
+        """Token ids -> video (B, C, T, H, W)."""
+        return self.decode(self.indices_to_latent(indices))
+
+    def forward(self, video: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Video -> (reconstruction, aux) where aux holds detached quantizer statistics."""
+        encoding = self.encode(video)
+        reconstruction = self.decode(encoding.quantized)
+        with torch.no_grad():
+            aux = {"quantization_mse": (encoding.quantized - encoding.continuous).pow(2).mean()}
+            zero = self.quantizer.zero_index()
+            aux.update(code_usage(encoding.indices, self.vocab_size, zero_index=zero))
+        return reconstruction, aux
+
+
+def _nearby(size: int, step: int, offset: int) -> str:
+    """The valid sizes offset + step * n just below and above `size` + offset, for error messages."""
+    below = size // step * step
+    options = [v + offset for v in (below, below + step) if v > 0 or (offset and v >= 0)]
+    return " or ".join(str(v) for v in options)
+
+
+def save_tokenizer(tokenizer: VideoTokenizer, directory: str | Path) -> None:
+    """Write `model.safetensors` and `config.json` into a local directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().contiguous().cpu() for name, tensor in tokenizer.state_dict().items()
+    }
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(tokenizer.config.model_dump(), indent=2) + "\n")
+
+
+def load_tokenizer_from_dir(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> VideoTokenizer:
+    """Build a VideoTokenizer from `config.json` and load `model.safetensors` (no unpickling)."""
+    directory = Path(directory)
+    config = TokenizerConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+    tokenizer = VideoTokenizer(config)
+    tokenizer.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device)))
+    return tokenizer.to(device)

@@ -1,0 +1,180 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.tokenizer.tokenizer import (
+    TokenizerConfig,
+    VideoTokenizer,
+    load_tokenizer_from_dir,
+    save_tokenizer,
+)
+
+
+def tiny(**overrides) -> VideoTokenizer:
+    """A CPU-sized tokenizer: 8x space, 4x time, a few thousand weights."""
+    settings = {"base_channels": 4, "channel_multipliers": [1, 2, 2, 4], "num_res_blocks": 1}
+    torch.manual_seed(0)
+    return VideoTokenizer(TokenizerConfig(**(settings | overrides))).eval()
+
+
+def video(frames: int, height: int = 32, width: int = 32, batch: int = 1) -> torch.Tensor:
+    return (
+        torch.rand(batch, 3, frames, height, width, generator=torch.Generator().manual_seed(1)) * 2
+        - 1
+    )
+
+
+@pytest.mark.parametrize("scales", [None, [1, 2, 4]], ids=["fsq", "multiscale"])
+@torch.no_grad()
+def test_encoding_a_prefix_gives_exactly_the_first_latent_frames(scales):
+    tokenizer = tiny(scales=scales)
+    clip = video(17)
+    full = tokenizer.encode(clip)
+    assert full.continuous.shape[2] == 5
+    for k in range(4):
+        prefix = tokenizer.encode(clip[:, :, : 1 + 4 * k])
+        assert torch.allclose(prefix.continuous, full.continuous[:, :, : 1 + k], atol=1e-5)
+        assert torch.allclose(prefix.quantized, full.quantized[:, :, : 1 + k], atol=1e-5)
+
+
+@torch.no_grad()
+def test_decoding_a_latent_prefix_gives_exactly_the_first_frames():
+    tokenizer = tiny()
+    latent = tokenizer.encode(video(17)).quantized  # (1, 6, 5, 4, 4)
+    frames = tokenizer.decode(latent)
+    for k in range(4):
+        assert torch.allclose(
+            tokenizer.decode(latent[:, :, : 1 + k]), frames[:, :, : 1 + 4 * k], atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shape", "latent"),
+    [
+        ({}, (1, 32, 32), (1, 4, 4)),
+        ({}, (5, 32, 64), (2, 4, 8)),
+        ({}, (17, 64, 48), (5, 8, 6)),
+        ({"spatial_factor": 16, "channel_multipliers": [1, 1, 2, 2, 4]}, (9, 64, 32), (3, 4, 2)),
+        ({"temporal_factor": 2}, (7, 16, 24), (4, 2, 3)),
+        ({"scales": [1, 2, 4]}, (9, 32, 32), (3, 4, 4)),
+    ],
+    ids=["image", "wide", "tall-17", "16x-space", "2x-time", "multiscale"],
+)
+@torch.no_grad()
+def test_shapes_round_trip_for_valid_sizes(overrides, shape, latent):
+    tokenizer = tiny(**overrides)
+    clip = video(*shape, batch=2)
+    assert tokenizer.latent_shape(*shape) == latent
+    encoding = tokenizer.encode(clip)
+    assert encoding.quantized.shape == encoding.continuous.shape == (2, 6, *latent)
+    if tokenizer.scales is None:
+        assert encoding.indices.shape == (2, *latent) and encoding.indices.dtype == torch.long
+    else:
+        shapes = tokenizer.scale_shapes(*latent[1:])
+        assert [tuple(i.shape) for i in encoding.indices] == [(2, latent[0], *s) for s in shapes]
+    reconstruction, aux = tokenizer(clip)
+    assert reconstruction.shape == clip.shape
+    assert 0 < aux["code_usage"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((16, 32, 32), "T=16 frames: the tokenizer needs T = 1 + 4n (e.g. 13 or 17)"),
+        ((0, 32, 32), "T=0 frames: the tokenizer needs T = 1 + 4n (e.g. 1)"),
+        ((17, 60, 32), "H=60: the tokenizer needs H divisible by 8 (e.g. 56 or 64)"),
+        ((17, 32, 4), "W=4: the tokenizer needs W divisible by 8 (e.g. 8)"),
+    ],
+)
+def test_sizes_that_do_not_fit_raise_errors_naming_size_and_rule(shape, message):
+    tokenizer = tiny()
+    with pytest.raises(ValueError) as error:
+        tokenizer.check_input_shape(*shape)
+    assert str(error.value) == message
+    with pytest.raises(ValueError, match="the tokenizer needs"):
+        tokenizer.encode(torch.zeros(1, 3, *shape)) if min(shape) > 0 else tokenizer.latent_shape(
+            *shape
+        )
+
+
+def test_configs_that_cannot_build_are_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="spatial_factor=16"):
+        TokenizerConfig(spatial_factor=16)  # 4 multipliers only give 8x
+    with pytest.raises(ValueError, match="temporal_factor=3"):
+        TokenizerConfig(temporal_factor=3)
+    with pytest.raises(ValueError, match="scale_gains"):
+        TokenizerConfig(scales=[1, 2], scale_gains=[1.0])
+    with pytest.raises(ValueError, match="scales"):
+        TokenizerConfig(scales=[4, 2])
+
+
+@pytest.mark.parametrize("scales", [None, [1, 2, 4]], ids=["fsq", "multiscale"])
+@torch.no_grad()
+def test_decoding_indices_matches_decoding_the_quantized_latent(scales):
+    tokenizer = tiny(scales=scales)
+    encoding = tokenizer.encode(video(5))
+    assert torch.equal(tokenizer.indices_to_latent(encoding.indices), encoding.quantized)
+    assert torch.equal(
+        tokenizer.decode_indices(encoding.indices), tokenizer.decode(encoding.quantized)
+    )
+
+
+@torch.no_grad()
+def test_generator_rebuilds_tokens_from_the_config_alone():
+    tokenizer = tiny(scales=[1, 2, 4])
+    encoding = tokenizer.encode(video(9))
+    config = TokenizerConfig.model_validate_json(tokenizer.config.model_dump_json())
+    quantizer = config.make_quantizer()  # no tokenizer weights involved
+    assert sum(p.numel() for p in quantizer.parameters()) == 0
+    assert torch.equal(quantizer.accumulate(encoding.indices, (4, 4)), encoding.quantized)
+
+
+@torch.no_grad()
+def test_continuous_latent_is_in_code_units_and_decodable():
+    tokenizer = tiny()
+    encoding = tokenizer.encode(video(5))
+    assert encoding.continuous.abs().max() <= 1.0
+    # Rounding the continuous latent onto the grid gives the quantized one.
+    assert (encoding.continuous - encoding.quantized).abs().max() <= 0.25 + 1e-6
+    assert tokenizer.decode(encoding.continuous).shape == (1, 3, 5, 32, 32)
+
+
+@pytest.mark.parametrize("scales", [None, [1, 2, 4]], ids=["fsq", "multiscale"])
+@torch.no_grad()
+def test_saved_tokenizer_loads_to_identical_outputs(tmp_path, scales):
+    tokenizer = tiny(scales=scales)
+    for p in tokenizer.parameters():  # move off the init so a silent re-init would show
+        p.add_(0.01 * torch.randn_like(p))
+    save_tokenizer(tokenizer, tmp_path / "tok")
+    assert sorted(f.name for f in (tmp_path / "tok").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    loaded = load_tokenizer_from_dir(tmp_path / "tok").eval()
+    clip = video(5)
+    before, after = tokenizer.encode(clip), loaded.encode(clip)
+    assert torch.equal(before.continuous, after.continuous)
+    assert torch.equal(tokenizer.decode(before.quantized), loaded.decode(after.quantized))
+    if scales is not None:
+        gains = json.loads((tmp_path / "tok" / "config.json").read_text())["scale_gains"]
+        assert gains == pytest.approx([1.0, 2**0.5, 2.0])  # pinned in the file, not re-derived
+
+
+def test_properties_describe_the_token_grid():
+    tokenizer = tiny(scales=[1, 2, 4])
+    assert (tokenizer.temporal_factor, tokenizer.spatial_factor) == (4, 8)
+    assert tokenizer.vocab_size == 64_000
+    assert tokenizer.scales == [1, 2, 4]
+    assert tiny().scales is None
+
+
+def test_models_package_imports_no_pipeline_libraries():
+    code = (
+        "import sys, models.tokenizer; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow', 'ray', 'boto3'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
