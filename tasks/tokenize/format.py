@@ -1,0 +1,117 @@
+"""The token shard format: webdataset tars of per-clip token indices (.npy) and metadata (.json).
+
+One clip is a group of tar members sharing the clip's key (keys never contain dots):
+
+    <key>.json              the clip's metadata from the dataset (label, caption, source, ...) plus
+                            "token_shapes": [[t, h_k, w_k], ...], one entry per scale
+    <key>.tokens.npy        single-scale tokenizer: indices (t, h, w)
+    <key>.tokens.<k>.npy    multi-scale tokenizer: indices of scale k (t, h_k, w_k), k = 0 coarsest
+
+Indices are plain .npy (never pickled: read with allow_pickle=False) in the smallest unsigned
+dtype that holds the vocabulary (uint16 for FSQ 8,8,8,5,5,5); webdataset's default decoders read
+them as numpy arrays. Members are sorted by key and carry fixed owner, mode and mtime, so the
+same tokens always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tasks import storage
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TokenizedClip:
+    """One clip's tokens: indices per scale (a single entry for a single-scale tokenizer)."""
+
+    key: str
+    metadata: dict[str, Any]
+    indices: list[np.ndarray]
+    multiscale: bool
+
+    @property
+    def token_shapes(self) -> list[list[int]]:
+        """(t, h_k, w_k) of every scale."""
+        return [list(a.shape) for a in self.indices]
+
+    def tokenizer_indices(self) -> Any:
+        """The indices as VideoTokenizer.decode_indices takes them, with a batch of one."""
+        import torch
+
+        tensors = [torch.from_numpy(a.astype(np.int64))[None] for a in self.indices]
+        return tensors if self.multiscale else tensors[0]
+
+
+def index_dtype(vocab_size: int) -> np.dtype:
+    """The smallest dtype that holds every token id of a vocabulary."""
+    if vocab_size <= np.iinfo(np.uint16).max + 1:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed owner, mode and mtime: the same tokens give byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def token_shard_bytes(clips: Iterable[TokenizedClip]) -> bytes:
+    """A webdataset tar of the clips (sorted by key), byte-deterministic."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for clip in sorted(clips, key=lambda c: c.key):
+            metadata = {**clip.metadata, "token_shapes": clip.token_shapes}
+            _tar_member(tar, f"{clip.key}.json", json.dumps(metadata, sort_keys=True).encode())
+            if clip.multiscale:
+                for k, array in enumerate(clip.indices):
+                    _tar_member(tar, f"{clip.key}.tokens.{k}.npy", _npy(array))
+            else:
+                _tar_member(tar, f"{clip.key}.tokens.npy", _npy(clip.indices[0]))
+    return buffer.getvalue()
+
+
+def _clip_from_members(key: str, members: dict[str, bytes]) -> TokenizedClip:
+    metadata = json.loads(members.pop("json"))
+    if "tokens.npy" in members:
+        arrays, multiscale = [members.pop("tokens.npy")], False
+    else:
+        count = len(metadata["token_shapes"])
+        arrays, multiscale = [members.pop(f"tokens.{k}.npy") for k in range(count)], True
+    indices = [np.load(io.BytesIO(data), allow_pickle=False) for data in arrays]
+    return TokenizedClip(key=key, metadata=metadata, indices=indices, multiscale=multiscale)
+
+
+def read_token_shard(uri: str) -> Iterator[TokenizedClip]:
+    """Every clip of one token shard, in shard order (streamed, local or S3)."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    with storage.open_read(uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name_key, _, ext = member.name.partition(".")
+            if key is not None and name_key != key:
+                yield _clip_from_members(key, members)
+                members = {}
+            key = name_key
+            members[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield _clip_from_members(key, members)
