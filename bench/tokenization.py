@@ -5,7 +5,7 @@ default architecture at base_channels=16 (3M weights; encoding dominates decodin
 tokenizer). clips/s counts from the moment every actor has loaded the tokenizer to the last
 published shard. Runs alternate 1 and 2 actors; medians. With --gpu: one actor on the GPU,
 clips/s and the share of wall time the actor spent encoding (GPU busy share).
-Usage: python bench/tokenize.py [--quick] [--gpu]
+Usage: python bench/tokenization.py [--quick] [--gpu]
 """
 
 from __future__ import annotations
