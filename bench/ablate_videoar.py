@@ -1,0 +1,259 @@
+"""VideoAR ablation: cross-frame error correction and random frame mask, on and off.
+
+Tiny VideoAR models train on the demo's token shards (synthetic videos -> ingest -> multi-scale
+tokenizer -> `arvid tokenize`), same seed, data order and steps for every variant. Reported:
+- val bits/token on held-out clips (teacher-forced, no perturbation);
+- drift of free-running generation: bits/token of the real last frame when the frames before it
+  are the model's own samples (first frame given) minus the same with the real frames before it.
+Usage: python bench/ablate_videoar.py [--quick] [--tokens <token dataset dir>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# Import from the checkout; keep bench/ itself off the path (its modules must not shadow stdlib ones).
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(_BENCH.parent))
+
+from bench.results_io import write_results  # noqa: E402
+from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
+from models.generator.videoar import (  # noqa: E402
+    ErrorCorrectionConfig,
+    FrameMaskConfig,
+    VideoAR,
+    VideoARConfig,
+    bits_per_token,
+    generate_videoar,
+)
+
+VARIANTS = {
+    "baseline": (False, 0.0),
+    "error_correction": (True, 0.0),
+    "frame_mask": (False, 0.5),
+    "both": (True, 0.5),
+}
+
+
+def build_model(
+    tokens_meta: dict, num_classes: int, error_correction: bool, frame_mask: float
+) -> VideoAR:
+    """A tiny VideoAR for the token layout in `tokens_meta` (levels, scales, latent size)."""
+    torch.manual_seed(0)  # every variant starts from the same weights
+    vocab = 1
+    for level in tokens_meta["levels"]:
+        vocab *= level
+    generator = Generator(
+        GeneratorConfig(
+            vocab_size=vocab,
+            num_classes=num_classes,
+            n_layer=4,
+            n_head=4,
+            n_embd=128,
+            label_dropout=0.1,
+        )
+    )
+    config = VideoARConfig(
+        levels=tokens_meta["levels"],
+        scales=tokens_meta["scales"],
+        scale_gains=tokens_meta.get("scale_gains"),
+        upsample_mode=tokens_meta.get("upsample_mode", "bilinear"),
+        latent_hw=tuple(tokens_meta["latent_hw"]),
+        error_correction=ErrorCorrectionConfig(
+            enabled=error_correction, max_strength=0.3, corrupt_scales=2
+        ),
+        frame_mask=FrameMaskConfig(prob=frame_mask, drop_prob=0.5),
+    )
+    return VideoAR(generator, config)
+
+
+def train(
+    model: VideoAR,
+    train_set: list[list[torch.Tensor]],
+    labels: torch.Tensor,
+    steps: int,
+    batch: int,
+) -> float:
+    """AdamW steps over the training clips in a fixed order; returns seconds."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1
+    )
+    data_order = torch.Generator().manual_seed(1)
+    noise = torch.Generator().manual_seed(2)
+    model.train()
+    started = time.perf_counter()
+    for _ in range(steps):
+        pick = torch.randint(0, len(train_set), (batch,), generator=data_order)
+        indices = [
+            torch.stack([train_set[i][k] for i in pick.tolist()]) for k in range(model.num_scales)
+        ]
+        loss = model.loss(indices, labels[pick], generator=noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
+def evaluate(
+    model: VideoAR, val_set: list[list[torch.Tensor]], labels: torch.Tensor
+) -> dict[str, float]:
+    """Val bits/token, and drift: last-frame bits/token after own samples minus after real frames."""
+    model.eval()
+    indices = [torch.stack([clip[k] for clip in val_set]) for k in range(model.num_scales)]
+    frames = indices[0].shape[1]
+    val_bits = bits_per_token(model.loss(indices, labels, perturb=False))
+    real_last = bits_per_token(model.loss(indices, labels, perturb=False, from_frame=frames - 1))
+    sampled = generate_videoar(
+        model,
+        frames - 1,
+        labels,
+        context=[x[:, :1] for x in indices],
+        generator=torch.Generator().manual_seed(3),
+    )
+    mixed = [
+        torch.cat([s, x[:, -1:]], dim=1) for s, x in zip(sampled.indices, indices, strict=True)
+    ]
+    own_last = bits_per_token(model.loss(mixed, labels, perturb=False, from_frame=frames - 1))
+    return {
+        "val_bits_per_token": val_bits,
+        "last_frame_bits_after_real_frames": real_last,
+        "last_frame_bits_after_own_samples": own_last,
+        "drift_bits_per_token": own_last - real_last,
+    }
+
+
+def make_token_shards(root: Path, videos: int, tokenizer_ref: str | None) -> tuple[list, dict]:
+    """Demo token shards through the real pipeline; returns (clips, token layout)."""
+    from models.tokenizer import TokenizerConfig, VideoTokenizer, save_tokenizer
+    from tasks.config import load_config
+    from tasks.ingest.run import ingest_dataset
+    from tasks.ingest.synthetic import make_synthetic_dataset
+    from tasks.settings import ArvidConfig
+    from tasks.tokenize.format import read_token_shard
+    from tasks.tokenize.run import tokenize_dataset
+
+    config = load_config(
+        ArvidConfig,
+        None,
+        [
+            f"synthetic_dir={root / 'raw'}",
+            f"synthetic.count={videos}",
+            "synthetic.frames=33",
+            "synthetic.preset=ultrafast",
+            f"ingest.source={root / 'raw' / 'labels.jsonl'}",
+            f"ingest.output_root={root / 'datasets'}",
+            "ingest.progress=false",
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_location={root / 'mlartifacts'}",
+            f"tokenize.dataset={root / 'datasets' / 'demo'}",
+            f"tokenize.tokens_root={root / 'tokens'}",
+            "tokenize.progress=false",
+            "ray.num_cpus=2",
+        ],
+    )
+    make_synthetic_dataset(config.synthetic, config.synthetic_dir)
+    ingest_dataset(config.ingest)
+    if tokenizer_ref is None:
+        # No trained tokenizer given: a fixed random-weight multi-scale tokenizer. Its tokens are
+        # a deterministic function of the video, but not a good code of it (stated in the JSON).
+        torch.manual_seed(0)
+        tok_config = TokenizerConfig(
+            base_channels=16,
+            channel_multipliers=[1, 1, 2, 2],
+            num_res_blocks=1,
+            levels=[8, 5, 5, 5],
+            scales=[1, 2, 4, 8],
+        )
+        save_tokenizer(VideoTokenizer(tok_config), root / "tokenizer")
+        tokenizer_ref = str(root / "tokenizer")
+    config.tokenize.tokenizer = tokenizer_ref
+    summary = tokenize_dataset(config)
+    from tasks.registry import download_model_dir
+
+    tok_cfg = json.loads((download_model_dir(tokenizer_ref) / "config.json").read_text())
+    clips = []
+    for shard in sorted(Path(summary.tokens_uri, "shards").glob("*.tar")):
+        clips.extend(read_token_shard(str(shard)))
+    shapes = summary.token_shapes
+    layout = {
+        "levels": tok_cfg["levels"],
+        "scales": tok_cfg["scales"],
+        "scale_gains": tok_cfg.get("scale_gains"),
+        "upsample_mode": tok_cfg.get("upsample_mode", "bilinear"),
+        "latent_hw": shapes[-1][1:],
+        "tokenizer": tokenizer_ref
+        if not tokenizer_ref.startswith(str(root))
+        else "random-weight multi-scale tokenizer",
+        "tokens_version": summary.tokens_version,
+    }
+    return clips, layout
+
+
+def main() -> None:
+    """Run the ablation and write bench/results/videoar_ablation.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer videos and steps")
+    parser.add_argument(
+        "--tokenizer",
+        help="a registered tokenizer (models:/...) or model folder; default: random weights",
+    )
+    parser.add_argument("--steps", type=int, help="training steps per variant")
+    args = parser.parse_args()
+    torch.set_num_threads(1 if args.quick else 2)
+    videos, steps = (32, 150) if args.quick else (64, 600)
+    steps = args.steps or steps
+    with tempfile.TemporaryDirectory(prefix="arvid-ablate-") as tmp:
+        clips, layout = make_token_shards(Path(tmp), videos, args.tokenizer)
+    classes = sorted({c.metadata["label"] for c in clips})
+    label_ids = {name: i for i, name in enumerate(classes)}
+    # Hold out every clip of one in eight source videos: no clip of a validation video is trained on.
+    inputs = sorted({c.metadata["input"] for c in clips})
+    held_out = set(inputs[::8])
+    as_tensors = [[torch.from_numpy(a.astype("int64")) for a in c.indices] for c in clips]
+    labels = torch.tensor([label_ids[c.metadata["label"]] for c in clips])
+    train_ids = [i for i, c in enumerate(clips) if c.metadata["input"] not in held_out]
+    val_ids = [i for i, c in enumerate(clips) if c.metadata["input"] in held_out]
+    figures: dict = {
+        "clips_train": len(train_ids),
+        "clips_val": len(val_ids),
+        "token_layout": f"{layout['levels']} levels, scales {layout['scales']}, latent {layout['latent_hw']}, "
+        f"{clips[0].indices[0].shape[0]} latent frames",
+        "tokenizer": layout["tokenizer"],
+        "steps_per_variant": steps,
+        "model": "4 layers x 128 wide, 4 heads",
+        "drift_definition": "bits/token of the real last frame after the model's own sampled frames "
+        "(first frame given) minus after the real frames",
+    }
+    for name, (error_correction, frame_mask) in VARIANTS.items():
+        model = build_model(layout, len(classes), error_correction, frame_mask)
+        seconds = train(
+            model, [as_tensors[i] for i in train_ids], labels[train_ids], steps, batch=8
+        )
+        scores = evaluate(model, [as_tensors[i] for i in val_ids], labels[val_ids])
+        figures[f"{name}_train_s"] = round(seconds, 1)
+        for key, value in scores.items():
+            figures[f"{name}_{key}"] = round(value, 4)
+        print(f"{name}: {scores} ({seconds:.0f} s)", flush=True)
+    base_drift = figures["baseline_drift_bits_per_token"]
+    figures["error_correction_drift_change_bits"] = round(
+        figures["error_correction_drift_bits_per_token"] - base_drift, 4
+    )
+    figures["both_drift_change_bits"] = round(figures["both_drift_bits_per_token"] - base_drift, 4)
+    path = write_results("videoar_ablation", figures, goals=[])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
