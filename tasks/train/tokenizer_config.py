@@ -1,0 +1,110 @@
+"""Config of tokenizer training: data, model, losses, optimisation, checkpoints, workers, registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from models.tokenizer import LossConfig, TokenizerConfig
+from tasks.config import StrictModel
+
+# Fields that only say how long, how often or where a run goes (or name the data, whose version
+# is hashed instead): changing them keeps the run's checkpoints valid, so they stay out of the key
+# that names the checkpoint folder (a run with a larger `steps` resumes where the last one stopped).
+_NOT_IN_RUN_KEY = {
+    "dataset",
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "checkpoint_dir",
+    "resume",
+    "log_every",
+    "sample_every",
+    "sample_fps",
+    "num_workers",
+    "use_gpu",
+    "bf16",
+    "threads_per_worker",
+    "max_failures",
+    "register_alias",
+}
+
+
+class TokenizerTrainingConfig(StrictModel):
+    """Everything `arvid train-tokenizer` needs besides storage, tracking and Ray settings."""
+
+    dataset: str | None = Field(
+        None,
+        description="`<output_root>/<name>[@version]`; None: the dataset the ingest section writes (latest version)",
+    )
+    model: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    # Clips: short side resized to `resolution`, then a random (or centre) crop; `frames` = 1 + 4n.
+    resolution: int = Field(64, ge=8, description="square crop side in pixels")
+    frames: int = Field(17, ge=1, description="frames per training clip (1 + temporal_factor*n)")
+    random_crop: bool = True
+    random_flip: bool = True
+    shuffle_buffer: int = Field(32, ge=1, description="clips mixed across shards in each worker")
+    # Optimisation: AdamW for the tokenizer and the discriminator, warm-up then cosine or constant.
+    batch_size: int = Field(
+        4, ge=1, description="clips per worker per step (global = x num_workers)"
+    )
+    lr: float = Field(1e-3, gt=0)
+    discriminator_lr: float | None = Field(None, gt=0, description="None: the same as lr")
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None: no clip")
+    steps: int = Field(
+        1000, ge=1, description="total optimizer steps (a resumed run ends here too)"
+    )
+    seed: int = Field(0, ge=0)
+    # Checkpoints: <checkpoint_dir>/<dataset>-<run key>/step-<n>/ plus latest.json (storage URI).
+    checkpoint_dir: str = ".arvid/checkpoints/tokenizer"
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept per run")
+    resume: bool = Field(
+        True, description="continue from the run's latest checkpoint if there is one"
+    )
+    # Reporting.
+    log_every: int = Field(10, ge=1, description="steps between metric reports")
+    sample_every: int = Field(100, ge=1, description="steps between sample reconstructions")
+    sample_fps: float = Field(8.0, gt=0)
+    # Execution.
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on GPUs (ignored on CPU workers)")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads per worker; None: Ray's default (its CPUs)"
+    )
+    max_failures: int = Field(
+        0, ge=0, description="worker-group restarts Ray Train may do (each resumes from latest)"
+    )
+    # Registry: the tokenize flow reads models:/arvid-tokenizer@champion, and no promotion gate
+    # exists for tokenizers, so a finished training takes the alias; None registers without it.
+    register_alias: str | None = "champion"
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerTrainingConfig:
+        tf, sf = self.model.temporal_factor, self.model.spatial_factor
+        if (self.frames - 1) % tf:
+            raise ValueError(f"frames={self.frames}: the tokenizer needs frames = 1 + {tf}n")
+        if self.resolution % sf:
+            raise ValueError(
+                f"resolution={self.resolution}: the tokenizer needs a multiple of {sf}"
+            )
+        return self
+
+    def run_key(self, dataset_version: str) -> str:
+        """Short hash naming the checkpoint folder: dataset version plus every field that shapes
+        the weights (model, loss, data, optimiser, seed), not the budget or cadence."""
+        shaping = self.model_dump(mode="json", exclude=_NOT_IN_RUN_KEY)
+        canonical = json.dumps(
+            {"dataset_version": dataset_version, **shaping}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]

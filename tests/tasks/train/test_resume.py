@@ -1,0 +1,114 @@
+"""A killed training run resumes from its latest checkpoint and ends at exactly the step budget."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.config import REPO_ROOT
+from tasks.data.datasets import DatasetRef
+from tasks.storage import StorageSettings
+from tasks.train.checkpoints import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    state_digest,
+)
+from tasks.train.tokenizer_trainer import TrainingSpec, resume_point, run_training
+from tests.tasks.train.conftest import tiny_training
+
+_RUN_SPEC = (
+    "import sys\n"
+    "from tasks.train.tokenizer_trainer import TrainingSpec, run_training\n"
+    "run_training(TrainingSpec.model_validate_json(open(sys.argv[1]).read()))\n"
+)
+
+
+def _spec(dataset: DatasetRef, run_dir: Path, **overrides) -> TrainingSpec:
+    training = tiny_training(resolution=16, frames=5, batch_size=1, **overrides)
+    return TrainingSpec(
+        training=training, storage=StorageSettings(), dataset=dataset, run_dir=str(run_dir)
+    )
+
+
+def _kill_after_first_checkpoint(spec: TrainingSpec, tmp_path: Path) -> int:
+    """Run the loop in a child process, SIGKILL it once a checkpoint exists; the latest step."""
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+    child = subprocess.Popen([sys.executable, "-c", _RUN_SPEC, str(spec_file)], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(spec.run_dir) is None:
+            assert child.poll() is None, "training exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    return load_checkpoint(latest_checkpoint(spec.run_dir)).step
+
+
+def test_killed_run_resumes_from_its_checkpoint_to_the_exact_step_count(
+    tiny_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    killed_at = _kill_after_first_checkpoint(
+        _spec(tiny_dataset, run_dir, steps=10_000, checkpoint_every=2), tmp_path
+    )
+    assert killed_at >= 2 and killed_at % 2 == 0
+    saved = load_checkpoint(latest_checkpoint(str(run_dir)))
+
+    # The same run with a budget a few steps past the kill: it continues, it does not restart.
+    total = killed_at + 3
+    summary = run_training(_spec(tiny_dataset, run_dir, steps=total, checkpoint_every=2))
+    assert summary["resumed_from_step"] == killed_at
+    assert summary["resumed_weights_digest"] == state_digest(saved.tokenizer_state)
+    assert summary["steps_trained"] == 3 and summary["final_step"] == total
+    final = load_checkpoint(latest_checkpoint(str(run_dir)))
+    assert final.step == total and final.uri == summary["checkpoint"]
+    # Adam counts its updates: restored optimizer state means one count across both runs.
+    adam_steps = {float(s["step"]) for s in final.optimizer_state["tokenizer"]["state"].values()}
+    assert adam_steps == {float(total)}
+    assert len(list_checkpoints(str(run_dir))) <= 2  # keep_checkpoints
+
+    # Re-running a finished run trains nothing more.
+    again = run_training(_spec(tiny_dataset, run_dir, steps=total, checkpoint_every=2))
+    assert again["steps_trained"] == 0 and again["final_step"] == total
+
+
+def test_resume_refuses_a_checkpoint_beyond_the_budget_or_of_another_model(
+    tiny_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    run_training(_spec(tiny_dataset, run_dir, steps=2))
+    with pytest.raises(
+        CheckpointError, match="already at step 2, beyond tokenizer_training.steps=1"
+    ):
+        resume_point(_spec(tiny_dataset, run_dir, steps=1))
+    other = _spec(tiny_dataset, run_dir, steps=4)
+    other.training.model.base_channels = 8
+    with pytest.raises(CheckpointError, match="another tokenizer config"):
+        resume_point(other)
+    fresh = run_training(_spec(tiny_dataset, run_dir, steps=1, resume=False))
+    assert fresh["resumed_from_step"] == 0 and fresh["final_step"] == 1
+
+
+def test_run_key_ignores_the_budget_but_not_what_shapes_the_weights() -> None:
+    base = tiny_training()
+    assert base.run_key("v1") == tiny_training(steps=999, checkpoint_every=7).run_key("v1")
+    assert base.run_key("v1") != base.run_key("v2")
+    assert base.run_key("v1") != tiny_training(lr=3e-4).run_key("v1")
+
+
+def test_clip_sizes_the_tokenizer_cannot_take_are_config_errors() -> None:
+    with pytest.raises(ValueError, match="frames=8: the tokenizer needs frames = 1 \\+ 4n"):
+        tiny_training(frames=8)
+    with pytest.raises(ValueError, match="resolution=36: the tokenizer needs a multiple of 8"):
+        tiny_training(resolution=36)

@@ -1,0 +1,61 @@
+"""Training data: each worker reads its own shards, together all of them, reshuffled each epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.data.datasets import DatasetRef
+from tasks.train.tokenizer_data import ShardClipDataset, assign_shards
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shard_assignment_is_disjoint_and_covers_every_shard(world_size: int) -> None:
+    shards = [f"shards/shard-{i:02d}.tar" for i in range(11)]
+    for epoch in range(3):
+        parts = [
+            assign_shards(shards, rank, world_size, epoch, seed=5) for rank in range(world_size)
+        ]
+        flat = [shard for part in parts for shard in part]
+        assert len(flat) == len(set(flat)) and set(flat) == set(shards)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_shard_order_is_reshuffled_each_epoch_and_reproducible() -> None:
+    shards = [f"s{i}" for i in range(16)]
+    orders = [tuple(assign_shards(shards, 0, 1, epoch, seed=0)) for epoch in range(4)]
+    assert len(set(orders)) == 4
+    assert assign_shards(shards, 1, 2, 3, seed=9) == assign_shards(
+        list(reversed(shards)), 1, 2, 3, 9
+    )
+    assert assign_shards(shards, 0, 1, 0, seed=0) != assign_shards(shards, 0, 1, 0, seed=1)
+
+
+def test_workers_stream_disjoint_clips_that_cover_the_dataset(tiny_dataset: DatasetRef) -> None:
+    all_keys = {row["key"] for row in tiny_dataset.rows}
+    for epoch in (0, 1):
+        seen: list[str] = []
+        for rank in range(2):
+            data = ShardClipDataset(tiny_dataset, 16, 9, rank=rank, world_size=2, seed=3)
+            clips = list(data.iter_epoch(epoch))
+            for _, clip in clips:
+                assert clip.shape == (3, 9, 16, 16) and -1 <= clip.min() and clip.max() <= 1
+            seen += [meta["key"] for meta, _ in clips]
+        assert len(seen) == len(set(seen)) and set(seen) == all_keys
+
+
+def test_stream_is_endless_and_seeded(tiny_dataset: DatasetRef) -> None:
+    def first(n: int, seed: int) -> torch.Tensor:
+        stream = iter(ShardClipDataset(tiny_dataset, 16, 5, seed=seed, shuffle_buffer=3))
+        return torch.stack([next(stream) for _ in range(n)])
+
+    # 20 clips from 8 in the dataset: the stream wraps into later epochs.
+    assert torch.equal(first(20, seed=1), first(20, seed=1))
+    assert not torch.equal(first(8, seed=1), first(8, seed=2))
+
+
+def test_too_few_shards_or_too_short_clips_are_clear_errors(tiny_dataset: DatasetRef) -> None:
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for 5 workers"):
+        ShardClipDataset(tiny_dataset, 16, 9, world_size=5)
+    with pytest.raises(ValueError, match="clips of 9 frames, 13 needed"):
+        ShardClipDataset(tiny_dataset, 16, 13)
