@@ -81,16 +81,48 @@ def _ingest(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return summary.line(), summary.model_dump(mode="json")
 
 
+def _train_tokenizer(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.train_tokenizer import train_tokenizer_flow
+
+    extra = []
+    for flag, key in (("dataset", "dataset"), ("steps", "steps"), ("workers", "num_workers")):
+        if getattr(args, flag, None) is not None:
+            extra.append(f"tokenizer_training.{key}={getattr(args, flag)}")
+    summary = train_tokenizer_flow(_load(args, extra))
+    return summary.line(), summary.model_dump(mode="json")
+
+
+def _tokenize(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.tokenize import tokenize_flow
+
+    extra = []
+    for flag in ("dataset", "tokenizer", "resolution", "frames"):
+        if getattr(args, flag, None) is not None:
+            extra.append(f"tokenize.{flag}={getattr(args, flag)}")
+    if args.json:
+        extra.append("tokenize.progress=false")
+    summary = tokenize_flow(_load(args, extra))
+    return summary.line(), summary.model_dump(mode="json")
+
+
 def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    _, made = _make_dataset(argparse.Namespace(**{**vars(args), "out": None, "count": None}))
-    line, ingested = _ingest(args)
-    pending = (
-        "tokenizer training, tokenization, pretraining, evaluation and promotion are not built yet"
+    """The main job as far as it is built: data -> ingest -> tokenizer -> tokens."""
+    plain = argparse.Namespace(**{**vars(args), "out": None, "count": None})
+    _, made = _make_dataset(plain)
+    ingest_line, ingested = _ingest(args)
+    train_line, trained = _train_tokenizer(plain)
+    tokens_line, tokens = _tokenize(plain)
+    pending = ["pretrain", "evaluate", "promote"]
+    line = (
+        f"demo: {made['videos']} videos made; {ingest_line}; {train_line}; {tokens_line}; "
+        f"not built yet: {', '.join(pending)}"
     )
-    return f"demo: {made['videos']} videos made; {line}; {pending}", {
+    return line, {
         "make_dataset": made,
         "ingest": ingested,
-        "not_built_yet": ["train-tokenizer", "tokenize", "pretrain", "evaluate", "promote"],
+        "train_tokenizer": trained,
+        "tokenize": tokens,
+        "not_built_yet": pending,
     }
 
 
@@ -100,6 +132,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         _make_dataset,
     ),
     "ingest": ("ingest videos into versioned webdataset clip shards", _ingest),
+    "train-tokenizer": (
+        "train the video tokenizer on Ray Train and register it in MLflow",
+        _train_tokenizer,
+    ),
+    "tokenize": ("tokenize a dataset version with a registered tokenizer on Ray", _tokenize),
     "demo": ("run the main job on the embedded default config", _demo),
 }
 
@@ -132,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "make-dataset":
             cmd.add_argument("--out", help="output folder (synthetic_dir)")
             cmd.add_argument("--count", type=int, help="number of videos (synthetic.count)")
+        if name == "train-tokenizer":
+            cmd.add_argument(
+                "--dataset", help="<output_root>/<name>[@version] (tokenizer_training.dataset)"
+            )
+            cmd.add_argument("--steps", type=int, help="total optimizer steps (resumes if fewer)")
+            cmd.add_argument("--workers", type=int, help="Ray Train workers (num_workers)")
+        if name == "tokenize":
+            cmd.add_argument("--dataset", help="<output_root>/<name>[@version] (tokenize.dataset)")
+            cmd.add_argument(
+                "--tokenizer", help="models:/name@alias, models:/name/N, runs:/id/path or a folder"
+            )
+            cmd.add_argument("--resolution", type=int, help="square side in pixels")
+            cmd.add_argument("--frames", type=int, help="frames per clip (1 + 4n)")
         if name == "ingest":
             cmd.add_argument(
                 "--source", help="folder, s3:// prefix, .jsonl/.csv manifest or shard folder"

@@ -7,8 +7,11 @@ from pydantic import Field
 from tasks.config import StrictModel
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.synthetic import SyntheticDatasetConfig
+from tasks.ray_runtime import RayConfig
 from tasks.storage import StorageSettings
+from tasks.tokenize.config import TokenizeConfig
 from tasks.tracking import TrackingConfig
+from tasks.train.tokenizer_config import TokenizerTrainingConfig
 
 
 class ArvidConfig(StrictModel):
@@ -21,3 +24,6 @@ class ArvidConfig(StrictModel):
     )
     synthetic: SyntheticDatasetConfig = Field(default_factory=SyntheticDatasetConfig)
     ingest: IngestConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    tokenizer_training: TokenizerTrainingConfig = Field(default_factory=TokenizerTrainingConfig)

@@ -34,24 +34,38 @@ def _demo_overrides(tmp_path: Path, tracking) -> list[str]:
     ]
 
 
-def test_cli_demo_makes_and_ingests_a_dataset_and_prints_json(
-    tmp_path: Path, tracking_config, capsys
+def test_cli_demo_runs_the_built_chain_and_prints_json(
+    tmp_path: Path, tracking_config, capsys, ray_session
 ) -> None:
-    args = ["demo", "--json"] + [
-        item for o in _demo_overrides(tmp_path, tracking_config) for item in ("--set", o)
+    tiny = [
+        f"tokenizer_training.checkpoint_dir={tmp_path / 'checkpoints'}",
+        "tokenizer_training.steps=2",
+        "tokenizer_training.num_workers=1",
+        "tokenizer_training.batch_size=2",
+        "tokenizer_training.frames=9",
+        "tokenizer_training.model.base_channels=4",
+        "tokenizer_training.log_every=1",
+        "tokenizer_training.sample_every=2",
+        f"tokenize.dataset={tmp_path / 'datasets' / 'demo'}",
+        f"tokenize.tokens_root={tmp_path / 'tokens'}",
+        "tokenize.frames=9",
     ]
+    overrides = _demo_overrides(tmp_path, tracking_config) + tiny
+    args = ["demo", "--json"] + [item for o in overrides for item in ("--set", o)]
     assert main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert out[-2].startswith("demo: 8 videos made; ingest demo@")
     assert summary["make_dataset"]["videos"] == 8
     assert summary["ingest"]["clips_total"] == 16 and summary["ingest"]["quarantined_total"] == 0
+    assert summary["tokenize"]["clips_total"] == 16
+    assert summary["tokenize"]["dataset_version"] == summary["ingest"]["version"]
+    assert summary["not_built_yet"] == ["pretrain", "evaluate", "promote"]
 
-    # The MLflow run holds the counts, throughput and the manifest, tagged with the version.
+    # The ingest run in MLflow holds the counts, throughput and the manifest, tagged with the version.
     mlflow.set_tracking_uri(tracking_config.uri)
-    runs = MlflowClient().search_runs(
-        [mlflow.get_experiment_by_name(tracking_config.experiment).experiment_id]
-    )
+    experiment = mlflow.get_experiment_by_name(tracking_config.experiment).experiment_id
+    runs = MlflowClient().search_runs([experiment], "tags.`arvid.step` = 'ingest'")
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["arvid.dataset_version"] == summary["ingest"]["version"]
