@@ -19,7 +19,9 @@ from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_datase
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ds")
-    make_synthetic_dataset(SyntheticDatasetConfig(count=3, frames=24, preset="ultrafast"), root / "raw")
+    make_synthetic_dataset(
+        SyntheticDatasetConfig(count=3, frames=24, preset="ultrafast"), root / "raw"
+    )
     config = IngestConfig(
         source=str(root / "raw" / "labels.jsonl"),
         output_root=str(root / "out"),
@@ -60,10 +62,16 @@ def test_clip_tensor_resizes_crops_and_is_reproducible() -> None:
     frames = np.random.default_rng(0).integers(0, 256, (12, 48, 80, 3), dtype=np.uint8)
     centre = clip_tensor(frames, size=32, num_frames=9)
     assert centre.shape == (3, 9, 32, 32) and -1.0 <= centre.min() and centre.max() <= 1.0
-    a = clip_tensor(frames, 32, 9, torch.Generator().manual_seed(1), random_crop=True, random_flip=True)
-    b = clip_tensor(frames, 32, 9, torch.Generator().manual_seed(1), random_crop=True, random_flip=True)
+    a = clip_tensor(
+        frames, 32, 9, torch.Generator().manual_seed(1), random_crop=True, random_flip=True
+    )
+    b = clip_tensor(
+        frames, 32, 9, torch.Generator().manual_seed(1), random_crop=True, random_flip=True
+    )
     assert torch.equal(a, b)
     same = clip_tensor(frames[:, :32, :32], size=32, num_frames=12)
-    assert torch.allclose(same, torch.from_numpy(frames[:, :32, :32]).float().permute(3, 0, 1, 2) / 127.5 - 1)
+    assert torch.allclose(
+        same, torch.from_numpy(frames[:, :32, :32]).float().permute(3, 0, 1, 2) / 127.5 - 1
+    )
     with pytest.raises(ValueError, match="13 needed"):
         clip_tensor(frames, 32, 13)
