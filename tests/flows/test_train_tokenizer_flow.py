@@ -62,6 +62,10 @@ def ingested(tmp_path_factory: pytest.TempPathFactory):
 def test_cli_trains_registers_and_prints_a_loadable_reference(ingested, capsys) -> None:
     sets, tracking = ingested
     capsys.readouterr()
+    flow_name = FlowFilter(name=FlowFilterName(any_=["arvid-train-tokenizer"]))
+    with get_client(sync_client=True) as client:
+        # The Prefect server is shared by the session: other tests run this flow too.
+        earlier = {run.id for run in client.read_flow_runs(flow_filter=flow_name)}
     # The dataset defaults to what the ingest section wrote; two workers, one shard each; the
     # flow runs under the Prefect test server.
     assert main(["train-tokenizer", "--steps", "2", "--workers", "2", "--json", *sets]) == 0
@@ -75,9 +79,7 @@ def test_cli_trains_registers_and_prints_a_loadable_reference(ingested, capsys) 
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["arvid-train-tokenizer"]))
-        )
+        runs = [r for r in client.read_flow_runs(flow_filter=flow_name) if r.id not in earlier]
     assert [run.state.type.value for run in runs] == ["COMPLETED"]
 
     tokenizer = load_tokenizer("models:/arvid-tokenizer@champion", tracking_config=tracking)
