@@ -10,15 +10,14 @@ them leaves the remaining chunks - and so their names - exactly as an uninterrup
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
 
 from tasks import storage
+from tasks.data.tar import deterministic_tar
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.decode import ClipOutput
 from tasks.ingest.quarantine import QuarantineRecord
@@ -98,23 +97,13 @@ def load_records(root: str, digest: str) -> list[BatchRecord]:
     return records
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed owner, mode and mtime: the same clips give byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(data))
-
-
 def shard_bytes(clips: Iterable[ClipOutput]) -> bytes:
     """A webdataset tar of <key>.mp4 + <key>.json per clip, sorted by key, byte-deterministic."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for clip in sorted(clips, key=lambda c: c.key):
-            _tar_member(tar, f"{clip.key}.mp4", clip.mp4)
-            _tar_member(tar, f"{clip.key}.json", json.dumps(clip.metadata, sort_keys=True).encode())
-    return buffer.getvalue()
+    members = []
+    for clip in sorted(clips, key=lambda c: c.key):
+        members.append((f"{clip.key}.mp4", clip.mp4))
+        members.append((f"{clip.key}.json", json.dumps(clip.metadata, sort_keys=True).encode()))
+    return deterministic_tar(members)
 
 
 def publish_batch(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.data.tar import deterministic_tar
 
 FORMAT_VERSION = 1
 
@@ -64,28 +65,20 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed owner, mode and mtime: the same tokens give byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(data))
+def _clip_members(clip: TokenizedClip) -> Iterable[tuple[str, bytes]]:
+    metadata = {**clip.metadata, "token_shapes": clip.token_shapes}
+    yield f"{clip.key}.json", json.dumps(metadata, sort_keys=True).encode()
+    if clip.multiscale:
+        for k, array in enumerate(clip.indices):
+            yield f"{clip.key}.tokens.{k}.npy", _npy(array)
+    else:
+        yield f"{clip.key}.tokens.npy", _npy(clip.indices[0])
 
 
 def token_shard_bytes(clips: Iterable[TokenizedClip]) -> bytes:
     """A webdataset tar of the clips (sorted by key), byte-deterministic."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for clip in sorted(clips, key=lambda c: c.key):
-            metadata = {**clip.metadata, "token_shapes": clip.token_shapes}
-            _tar_member(tar, f"{clip.key}.json", json.dumps(metadata, sort_keys=True).encode())
-            if clip.multiscale:
-                for k, array in enumerate(clip.indices):
-                    _tar_member(tar, f"{clip.key}.tokens.{k}.npy", _npy(array))
-            else:
-                _tar_member(tar, f"{clip.key}.tokens.npy", _npy(clip.indices[0]))
-    return buffer.getvalue()
+    ordered = sorted(clips, key=lambda c: c.key)
+    return deterministic_tar(member for clip in ordered for member in _clip_members(clip))
 
 
 def _clip_from_members(key: str, members: dict[str, bytes]) -> TokenizedClip:
