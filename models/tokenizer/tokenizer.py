@@ -41,6 +41,8 @@ class TokenizerConfig(BaseModel):
     channel_multipliers: list[int] = [1, 2, 2, 4]
     num_res_blocks: int = 2
     max_norm_groups: int = 32
+    # DC-AE-style weightless shortcuts around every resampling step (see causal3d.py).
+    shortcuts: bool = True
     temporal_factor: int = 4
     spatial_factor: int = 8
     levels: list[int] = [8, 8, 8, 5, 5, 5]
@@ -118,6 +120,7 @@ class VideoTokenizer(nn.Module):
             config.num_res_blocks,
             config.temporal_factor,
             config.max_norm_groups,
+            config.shortcuts,
         )
         self.encoder = Encoder(config.in_channels, *args)
         self.decoder = Decoder(config.in_channels, *args)

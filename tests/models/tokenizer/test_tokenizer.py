@@ -20,6 +20,15 @@ def tiny(**overrides) -> VideoTokenizer:
     return VideoTokenizer(TokenizerConfig(**(settings | overrides))).eval()
 
 
+def scrambled(tokenizer: VideoTokenizer) -> VideoTokenizer:
+    """Random values in every weight: zero-initialised branches would hide a causality leak."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in tokenizer.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return tokenizer
+
+
 def video(frames: int, height: int = 32, width: int = 32, batch: int = 1) -> torch.Tensor:
     return (
         torch.rand(batch, 3, frames, height, width, generator=torch.Generator().manual_seed(1)) * 2
@@ -30,7 +39,7 @@ def video(frames: int, height: int = 32, width: int = 32, batch: int = 1) -> tor
 @pytest.mark.parametrize("scales", [None, [1, 2, 4]], ids=["fsq", "multiscale"])
 @torch.no_grad()
 def test_encoding_a_prefix_gives_exactly_the_first_latent_frames(scales):
-    tokenizer = tiny(scales=scales)
+    tokenizer = scrambled(tiny(scales=scales))
     clip = video(17)
     full = tokenizer.encode(clip)
     assert full.continuous.shape[2] == 5
@@ -42,7 +51,7 @@ def test_encoding_a_prefix_gives_exactly_the_first_latent_frames(scales):
 
 @torch.no_grad()
 def test_decoding_a_latent_prefix_gives_exactly_the_first_frames():
-    tokenizer = tiny()
+    tokenizer = scrambled(tiny())
     latent = tokenizer.encode(video(17)).quantized  # (1, 6, 5, 4, 4)
     frames = tokenizer.decode(latent)
     for k in range(4):
@@ -178,3 +187,30 @@ def test_models_package_imports_no_pipeline_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_resize_channels_averages_groups_and_keeps_the_channel_mean():
+    from models.tokenizer.causal3d import resize_channels
+
+    x = torch.randn(2, 32, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    down = resize_channels(x, 8)
+    assert torch.allclose(down, x.unflatten(1, (8, 4)).mean(dim=2))
+    for channels in (6, 8, 48):  # any size, through the lcm
+        out = resize_channels(x, channels)
+        assert out.shape == (2, channels, 3, 4, 4)
+        assert torch.allclose(out.mean(dim=1), x.mean(dim=1), atol=1e-5)
+    assert resize_channels(x, 32) is x
+
+
+@pytest.mark.parametrize("shortcuts", [True, False], ids=["shortcuts", "plain"])
+@torch.no_grad()
+def test_both_paths_stay_causal_with_and_without_shortcuts(shortcuts):
+    tokenizer = scrambled(tiny(shortcuts=shortcuts, scales=[1, 2, 4]))
+    clip = video(9)
+    full = tokenizer.encode(clip)
+    frames = tokenizer.decode(full.quantized)
+    for k in range(2):
+        prefix = tokenizer.encode(clip[:, :, : 1 + 4 * k])
+        assert torch.allclose(prefix.continuous, full.continuous[:, :, : 1 + k], atol=1e-5)
+        decoded = tokenizer.decode(full.quantized[:, :, : 1 + k])
+        assert torch.allclose(decoded, frames[:, :, : 1 + 4 * k], atol=1e-5)
