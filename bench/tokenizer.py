@@ -36,6 +36,10 @@ from tasks.train.tokenizer_trainer import train_tokenizer  # noqa: E402
 
 # Ray start-up, the first fit's worker launch, registering and logging: measured ~40-90 s here.
 STARTUP_ALLOWANCE_S = 100.0
+# A Ray Train step (two workers on two cores beside Ray's own processes, clip decoding, the
+# all-reduce, checkpoints and metrics) took 1.4x-2.2x the calibrated bare step on 9x32x32
+# windows, depending on what else the machine was running.
+STEP_OVERHEAD = 1.6
 
 
 def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
@@ -55,7 +59,8 @@ def seconds_per_step(config: ArvidConfig, repeats: int = 4) -> float:
     try:
         tokenizer, loss = VideoTokenizer(training.model), TokenizerLoss(training.loss)
         optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=training.lr)
-        shape = (training.batch_size, 3, training.frames, training.resolution, training.resolution)
+        side = training.crop or training.resolution
+        shape = (training.batch_size, 3, training.frames, side, side)
         video = torch.rand(shape) * 2 - 1
         times = []
         for _ in range(repeats + 1):
@@ -72,12 +77,12 @@ def seconds_per_step(config: ArvidConfig, repeats: int = 4) -> float:
 
 
 def held_out_clips(reference: str, config: ArvidConfig) -> torch.Tensor:
-    """Every held-out clip, centre-cropped and unflipped: (N, 3, T, S, S)."""
-    training = config.tokenizer_training
+    """Every held-out clip whole (all its frames at the training resolution, whatever window the
+    training cropped), centre-cropped and unflipped: (N, 3, T, S, S)."""
     data = ShardClipDataset(
         resolve_dataset(reference),
-        training.resolution,
-        training.frames,
+        config.tokenizer_training.resolution,
+        config.ingest.clip_frames,
         random_crop=False,
         random_flip=False,
     )
@@ -122,7 +127,7 @@ def main() -> None:
             )
 
         step_s = seconds_per_step(base)
-        steps = max(10, int((budget_s - STARTUP_ALLOWANCE_S) / (step_s * 1.35)))
+        steps = max(10, int((budget_s - STARTUP_ALLOWANCE_S) / (step_s * STEP_OVERHEAD)))
         config = load_config(
             ArvidConfig,
             None,
@@ -160,12 +165,13 @@ def main() -> None:
             encode_s = timed(lambda: tokenizer.encode(batch), repeats=5)
             decode_s = timed(lambda: tokenizer.decode_indices(indices), repeats=5)
 
+    side = config.tokenizer_training.crop or config.tokenizer_training.resolution
     figures = {
         "train_videos": base.synthetic.count,
         "held_out_videos": args.holdout,
         "held_out_clips": int(clips.shape[0]),
-        "clip_shape": f"{config.tokenizer_training.frames}x{config.tokenizer_training.resolution}"
-        f"x{config.tokenizer_training.resolution}",
+        "held_out_clip_shape": "x".join(str(n) for n in clips.shape[2:]),
+        "train_window_shape": f"{config.tokenizer_training.frames}x{side}x{side}",
         "model": json.dumps(config.tokenizer_training.model.model_dump(), sort_keys=True),
         "parameters": sum(p.numel() for p in tokenizer.parameters()),
         "workers": config.tokenizer_training.num_workers,

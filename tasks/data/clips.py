@@ -45,14 +45,18 @@ def clip_tensor(
     generator: torch.Generator | None = None,
     random_crop: bool = False,
     random_flip: bool = False,
+    crop: int | None = None,
 ) -> torch.Tensor:
-    """(T,H,W,3) uint8 -> (3, num_frames, size, size) float in [-1, 1]: short side resized to `size`, then cropped.
+    """(T,H,W,3) uint8 -> (3, num_frames, crop, crop) float in [-1, 1]: short side resized to
+    `size`, then a `crop`-sided square (default `size`) cut out.
 
     Center crop and the first `num_frames` frames unless random_crop (random window in space and time)
     or random_flip (horizontal) are asked for, drawn from `generator` for reproducibility.
     """
     if frames.shape[0] < num_frames:
         raise ValueError(f"clip has {frames.shape[0]} frames, {num_frames} needed")
+    if crop is not None and not 0 < crop <= size:
+        raise ValueError(f"crop={crop}: must be between 1 and the resized side {size}")
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     height, width = video.shape[-2:]
     scale = size / min(height, width)
@@ -62,6 +66,7 @@ def clip_tensor(
             video, size=new_size, mode="bilinear", antialias=True, align_corners=False
         )
     height, width = video.shape[-2:]
+    side = size if crop is None else crop
 
     def pick(limit: int) -> int:
         if limit <= 0:
@@ -70,9 +75,9 @@ def clip_tensor(
             return limit // 2
         return int(torch.randint(0, limit + 1, (1,), generator=generator))
 
-    top, left = pick(height - size), pick(width - size)
+    top, left = pick(height - side), pick(width - side)
     start = pick(frames.shape[0] - num_frames) if random_crop else 0
-    video = video[start : start + num_frames, :, top : top + size, left : left + size]
+    video = video[start : start + num_frames, :, top : top + side, left : left + side]
     if random_flip and bool(torch.rand((), generator=generator) < 0.5):
         video = video.flip(-1)
     return (video / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)

@@ -32,7 +32,8 @@ def assign_shards(
 
 
 class ShardClipDataset(IterableDataset):
-    """Endless stream of (3, frames, size, size) clips in [-1, 1] from this worker's shards."""
+    """Endless stream of (3, frames, crop, crop) clips in [-1, 1] from this worker's shards
+    (crop defaults to size, the side the clips are resized to)."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class ShardClipDataset(IterableDataset):
         random_flip: bool = True,
         shuffle_buffer: int = 32,
         first_epoch: int = 0,
+        crop: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -62,7 +64,7 @@ class ShardClipDataset(IterableDataset):
                 f"{dataset.root}@{dataset.version}: clips of {shortest} frames, {frames} needed — "
                 "lower tokenizer_training.frames or re-ingest with a larger ingest.clip_frames"
             )
-        self.size, self.frames = size, frames
+        self.size, self.frames, self.crop = size, frames, crop
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.random_crop, self.random_flip = random_crop, random_flip
         self.shuffle_buffer = shuffle_buffer
@@ -87,6 +89,7 @@ class ShardClipDataset(IterableDataset):
                 generator,
                 random_crop=self.random_crop,
                 random_flip=self.random_flip,
+                crop=self.crop,
             )
             return meta, clip
 

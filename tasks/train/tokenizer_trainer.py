@@ -226,6 +226,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> dic
         random_flip=cfg.random_flip,
         shuffle_buffer=cfg.shuffle_buffer,
         first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
+        crop=cfg.crop,
     )
     batches = iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
     autocast = torch.autocast(

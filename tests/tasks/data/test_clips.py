@@ -75,3 +75,21 @@ def test_clip_tensor_resizes_crops_and_is_reproducible() -> None:
     )
     with pytest.raises(ValueError, match="13 needed"):
         clip_tensor(frames, 32, 13)
+
+
+def test_clip_tensor_cuts_a_smaller_window_from_the_resized_clip() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    whole = clip_tensor(frames, size=64, num_frames=12)
+    window = clip_tensor(frames, 64, 9, torch.Generator().manual_seed(2), random_crop=True, crop=32)
+    assert window.shape == (3, 9, 32, 32)
+    # The window is a piece of the clip, not the clip shrunk to 32 pixels.
+    hits = [
+        (t, y, x)
+        for t in range(4)
+        for y in range(33)
+        for x in range(33)
+        if torch.equal(whole[:, t : t + 9, y : y + 32, x : x + 32], window)
+    ]
+    assert len(hits) == 1
+    with pytest.raises(ValueError, match="crop=80"):
+        clip_tensor(frames, 64, 9, crop=80)

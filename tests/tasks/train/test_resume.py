@@ -105,6 +105,7 @@ def test_run_key_ignores_the_budget_but_not_what_shapes_the_weights() -> None:
     assert base.run_key("v1") == tiny_training(steps=999, checkpoint_every=7).run_key("v1")
     assert base.run_key("v1") != base.run_key("v2")
     assert base.run_key("v1") != tiny_training(lr=3e-4).run_key("v1")
+    assert base.run_key("v1") != tiny_training(crop=8).run_key("v1")
 
 
 def test_clip_sizes_the_tokenizer_cannot_take_are_config_errors() -> None:
@@ -112,3 +113,7 @@ def test_clip_sizes_the_tokenizer_cannot_take_are_config_errors() -> None:
         tiny_training(frames=8)
     with pytest.raises(ValueError, match="resolution=36: the tokenizer needs a multiple of 8"):
         tiny_training(resolution=36)
+    with pytest.raises(ValueError, match="crop=12: must be a multiple of 8"):
+        tiny_training(crop=12)
+    with pytest.raises(ValueError, match="crop=64: .* at most resolution="):
+        tiny_training(crop=64)

@@ -44,6 +44,12 @@ def test_workers_stream_disjoint_clips_that_cover_the_dataset(tiny_dataset: Data
         assert len(seen) == len(set(seen)) and set(seen) == all_keys
 
 
+def test_workers_can_train_on_windows_smaller_than_the_clips(tiny_dataset: DatasetRef) -> None:
+    data = ShardClipDataset(tiny_dataset, 16, 5, crop=8)
+    for _, clip in data.iter_epoch(0):
+        assert clip.shape == (3, 5, 8, 8)
+
+
 def test_stream_is_endless_and_seeded(tiny_dataset: DatasetRef) -> None:
     def first(n: int, seed: int) -> torch.Tensor:
         stream = iter(ShardClipDataset(tiny_dataset, 16, 5, seed=seed, shuffle_buffer=3))
