@@ -240,6 +240,18 @@ def join(uri: Uri, *parts: str) -> str:
     return os.path.join(text, *parts)
 
 
+def absolute(uri: Uri) -> str:
+    """The URI with a relative local path made absolute against this process's working directory.
+
+    Ray workers do not share the driver's working directory, so every local path handed to them
+    must be absolute; S3 and file:// URIs pass through unchanged.
+    """
+    text = os.fspath(uri)
+    if is_s3(text) or text.startswith(_FILE_SCHEME):
+        return text
+    return os.path.abspath(text)
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len(_S3_SCHEME) :].partition("/")
     if not bucket:

@@ -454,13 +454,15 @@ def tokenize_dataset(config: ArvidConfig) -> TokenizeSummary:
     """Tokenize `config.tokenize.dataset` with `config.tokenize.tokenizer` on Ray; resumable and idempotent."""
     tc = config.tokenize
     tracking.setup_tracking(config.tracking)  # models:/ references resolve against this store
-    dataset = resolve_dataset(tc.dataset)
+    dataset = resolve_dataset(storage.absolute(tc.dataset))  # Ray workers: own working dir
     with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
         record, model_dir = resolve_tokenizer(tc.tokenizer, Path(tmp) / "model")
         _check_tokenizer_fits(record, model_dir, tc)
         _check_clip_lengths(dataset, tc.frames)
         files = read_model_files(model_dir)
-    out = tokens_uri(tc.tokens_root, dataset.version, record.label, tc.resolution, tc.frames)
+    out = tokens_uri(
+        storage.absolute(tc.tokens_root), dataset.version, record.label, tc.resolution, tc.frames
+    )
     digest = output_digest(record, tc.resolution, tc.frames)
     done = load_complete_records(out, dataset, digest)
     plans = plan_shards(dataset, done, tc.batch_size)

@@ -484,11 +484,13 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
     """Train on Ray inside an MLflow run and log the final tokenizer as a model (not registered)."""
     training: TokenizerTrainingConfig = config.tokenizer_training
     storage.configure_storage(config.storage)
-    dataset = resolve_dataset(dataset_reference(config))
+    # Absolute: Ray Train workers run in their own working directory.
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
     # Fail here, not inside a worker, when the data cannot feed the workers.
     ShardClipDataset(dataset, training.resolution, training.frames, world_size=training.num_workers)
     run_dir = storage.join(
-        training.checkpoint_dir, f"{dataset.name}-{training.run_key(dataset.version)}"
+        storage.absolute(training.checkpoint_dir),
+        f"{dataset.name}-{training.run_key(dataset.version)}",
     )
     spec = TrainingSpec(training=training, storage=config.storage, dataset=dataset, run_dir=run_dir)
     resume_point(spec)  # an unusable checkpoint is reported here, before any worker starts

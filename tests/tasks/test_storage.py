@@ -530,3 +530,11 @@ def test_moto_fallback_serves_the_same_api(monkeypatch: pytest.MonkeyPatch) -> N
         storage.write_text(uri, "moto", settings=settings)
         assert storage.read_text(uri, settings=settings) == "moto"
         assert storage.list_prefix(f"s3://{bucket}", settings=settings) == [uri]
+
+
+def test_absolute_anchors_relative_local_paths_and_leaves_uris_alone(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("data/demo@v1") == str(tmp_path / "data" / "demo@v1")
+    assert storage.absolute("s3://bucket/prefix") == "s3://bucket/prefix"
+    assert storage.absolute("file:///srv/data") == "file:///srv/data"
+    assert storage.absolute(str(tmp_path)) == str(tmp_path)
