@@ -60,19 +60,37 @@ def register(
     return str(version.version)
 
 
-def resolve_version(reference: str) -> tuple[str, str | None]:
-    """(name, version) for a models:/ reference (None for runs:/ references)."""
-    from mlflow import MlflowClient
+def pin_version(reference: str) -> tuple[str, str, str | None]:
+    """models:/name@alias | models:/name/N | models:/name[/latest] -> (name, version, run id).
 
-    if not reference.startswith("models:/"):
-        return reference, None
+    Raises FileNotFoundError naming the reference when the model, version or alias is missing.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     body = reference[len("models:/") :]
     client = MlflowClient()
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = body.partition("/")
-    return name, version or None
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = body.partition("/")
+            if version in ("", "latest"):
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise FileNotFoundError(
+                        f"{reference}: registered model {name!r} has no versions — train and register a tokenizer first"
+                    )
+                found = max(versions, key=lambda v: int(v.version))
+            else:
+                found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise FileNotFoundError(
+            f"{reference}: no such registered model, version or alias ({exc.message}) — "
+            "check --tokenizer and the tracking URI"
+        ) from exc
+    return name, str(found.version), found.run_id
 
 
 def download_model_dir(reference: str, destination: str | Path | None = None) -> Path:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from models.tokenizer import TokenizerConfig, VideoTokenizer, load_tokenizer_from_dir
 from tasks.config import config_hash
-from tasks.registry import download_model_dir
+from tasks.registry import download_model_dir, pin_version
 
 MODEL_FILES = ("config.json", "model.safetensors")
 
@@ -42,36 +42,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
 
 
-def _pin_registered(reference: str) -> tuple[str, str, str | None]:
-    """models:/name@alias | models:/name/N | models:/name[/latest] -> (name, version, run id)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    body = reference[len("models:/") :]
-    client = MlflowClient()
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            found = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = body.partition("/")
-            if version in ("", "latest"):
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    raise FileNotFoundError(
-                        f"{reference}: registered model {name!r} has no versions — train and register a tokenizer first"
-                    )
-                found = max(versions, key=lambda v: int(v.version))
-            else:
-                found = client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise FileNotFoundError(
-            f"{reference}: no such registered model, version or alias ({exc.message}) — "
-            "check --tokenizer and the tracking URI"
-        ) from exc
-    return name, str(found.version), found.run_id
-
-
 def resolve_tokenizer(reference: str, destination: Path) -> tuple[TokenizerRecord, Path]:
     """Download the tokenizer named by `reference` into `destination`; returns its record and folder.
 
@@ -83,7 +53,7 @@ def resolve_tokenizer(reference: str, destination: Path) -> tuple[TokenizerRecor
     pinned = reference
     label = ""
     if reference.startswith("models:/"):
-        name, version, run_id = _pin_registered(reference)
+        name, version, run_id = pin_version(reference)
         # Download by number, not alias: an alias that moves mid-run must not change the tokens.
         pinned = f"models:/{name}/{version}"
         label = f"{_slug(name)}-v{version}"
