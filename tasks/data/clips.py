@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -36,6 +37,38 @@ def decode_clip(mp4: bytes) -> np.ndarray:
 
     with av.open(io.BytesIO(mp4)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+class DecodedClipCache:
+    """Decoded clips (uint8 frames) kept up to a byte budget, keyed by their mp4's digest.
+
+    Decoding a small clip costs about as much as a CPU training step on it (PyAV's open and probe
+    dominate), so on a dataset that fits every clip is decoded once per worker, not once per
+    epoch. It fills once and never evicts: with clips drawn in random order, evicting keeps the
+    hit rate at budget / dataset size anyway, and churning would only add work. Callers must
+    not write into the frames they get (clip_tensor copies them).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self.hits = 0
+        self.decodes = 0
+        self._frames: dict[bytes, np.ndarray] = {}
+
+    def frames(self, mp4: bytes) -> np.ndarray:
+        """The clip's (T, H, W, 3) uint8 frames: from the cache, or decoded (and kept if they fit)."""
+        key = hashlib.sha256(mp4).digest() if self.budget_bytes > 0 else b""
+        cached = self._frames.get(key) if key else None
+        if cached is not None:
+            self.hits += 1
+            return cached
+        frames = decode_clip(mp4)
+        self.decodes += 1
+        if key and self.used_bytes + frames.nbytes <= self.budget_bytes:
+            self._frames[key] = frames
+            self.used_bytes += frames.nbytes
+        return frames
 
 
 def clip_tensor(

@@ -29,6 +29,7 @@ _NOT_IN_RUN_KEY = {
     "bf16",
     "threads_per_worker",
     "max_failures",
+    "decoded_cache_mb",
     "register_alias",
 }
 
@@ -55,6 +56,9 @@ class TokenizerTrainingConfig(StrictModel):
     random_crop: bool = True
     random_flip: bool = True
     shuffle_buffer: int = Field(32, ge=1, description="clips mixed across shards in each worker")
+    decoded_cache_mb: int = Field(
+        512, ge=0, description="decoded clips each worker keeps (MiB); 0: decode every draw"
+    )
     # Optimisation: AdamW for the tokenizer and the discriminator, warm-up then cosine or constant.
     batch_size: int = Field(
         4, ge=1, description="clips per worker per step (global = x num_workers)"

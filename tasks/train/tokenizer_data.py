@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from tasks.data.clips import clip_tensor, decode_clip, iter_shard
+from tasks.data.clips import DecodedClipCache, clip_tensor, iter_shard
 from tasks.data.datasets import DatasetRef
 
 
@@ -33,7 +33,8 @@ def assign_shards(
 
 class ShardClipDataset(IterableDataset):
     """Endless stream of (3, frames, crop, crop) clips in [-1, 1] from this worker's shards
-    (crop defaults to size, the side the clips are resized to)."""
+    (crop defaults to size, the side the clips are resized to); up to `decoded_cache_mb` of
+    decoded clips are kept, so a small dataset is decoded once, not every epoch."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class ShardClipDataset(IterableDataset):
         shuffle_buffer: int = 32,
         first_epoch: int = 0,
         crop: int | None = None,
+        decoded_cache_mb: int = 0,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -69,6 +71,7 @@ class ShardClipDataset(IterableDataset):
         self.random_crop, self.random_flip = random_crop, random_flip
         self.shuffle_buffer = shuffle_buffer
         self.first_epoch = first_epoch
+        self.decoded = DecodedClipCache(decoded_cache_mb * 2**20)
 
     def shards_for_epoch(self, epoch: int) -> list[str]:
         """This worker's shards in `epoch`."""
@@ -83,7 +86,7 @@ class ShardClipDataset(IterableDataset):
         def shaped(item: tuple[dict[str, Any], bytes]) -> tuple[dict[str, Any], torch.Tensor]:
             meta, mp4 = item
             clip = clip_tensor(
-                decode_clip(mp4),
+                self.decoded.frames(mp4),
                 self.size,
                 self.frames,
                 generator,

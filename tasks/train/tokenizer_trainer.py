@@ -227,6 +227,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> dic
         shuffle_buffer=cfg.shuffle_buffer,
         first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
         crop=cfg.crop,
+        decoded_cache_mb=cfg.decoded_cache_mb,
     )
     batches = iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
     autocast = torch.autocast(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from tasks.data.clips import DecodedClipCache, decode_clip, iter_shard
 from tasks.data.datasets import DatasetRef
 from tasks.train.tokenizer_data import ShardClipDataset, assign_shards
 
@@ -65,3 +67,27 @@ def test_too_few_shards_or_too_short_clips_are_clear_errors(tiny_dataset: Datase
         ShardClipDataset(tiny_dataset, 16, 9, world_size=5)
     with pytest.raises(ValueError, match="clips of 9 frames, 13 needed"):
         ShardClipDataset(tiny_dataset, 16, 13)
+
+
+def test_decoded_clips_are_cached_without_changing_what_is_drawn(tiny_dataset: DatasetRef) -> None:
+    plain = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded_cache_mb=0)
+    cached = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded_cache_mb=64)
+    for epoch in (0, 1):
+        drawn = list(cached.iter_epoch(epoch))
+        expected = list(plain.iter_epoch(epoch))
+        assert len(drawn) == len(expected) == len(tiny_dataset.rows)
+        for (meta, clip), (meta_expected, clip_expected) in zip(drawn, expected, strict=True):
+            assert meta == meta_expected and torch.equal(clip, clip_expected)
+    clips = len(tiny_dataset.rows)
+    assert (cached.decoded.decodes, cached.decoded.hits) == (clips, clips)
+    assert (plain.decoded.decodes, plain.decoded.hits) == (2 * clips, 0)
+
+
+def test_the_decoded_cache_keeps_only_what_fits_its_budget(tiny_dataset: DatasetRef) -> None:
+    shard = next(iter(tiny_dataset.rows_by_shard()))
+    (_, first), (_, second) = list(iter_shard(tiny_dataset.shard_uri(shard)))[:2]
+    cache = DecodedClipCache(budget_bytes=decode_clip(first).nbytes)  # room for one clip
+    for mp4 in (first, second, first, second):
+        cache.frames(mp4)
+    assert (cache.decodes, cache.hits) == (3, 1)  # the first clip stayed, the second never fit
+    assert np.array_equal(cache.frames(second), decode_clip(second))
