@@ -36,10 +36,11 @@ from tasks.train.tokenizer_trainer import train_tokenizer  # noqa: E402
 
 # Ray start-up, the first fit's worker launch, registering and logging: measured ~40-90 s here.
 STARTUP_ALLOWANCE_S = 100.0
-# A Ray Train step (two workers on two cores beside Ray's own processes, clip decoding, the
-# all-reduce, checkpoints and metrics) took 1.4x-2.2x the calibrated bare step on 9x32x32
-# windows, depending on what else the machine was running.
-STEP_OVERHEAD = 1.6
+# A Ray Train step over the calibrated bare step: two workers on two cores beside Ray's own
+# processes (~25% of a core here), the all-reduce, reports, checkpoints. It was 1.4x-2.2x while
+# every draw decoded its clip (~60 ms of PyAV per 17-frame clip, 4 clips a step); with decoded
+# clips kept (tokenizer_training.decoded_cache_mb) it measured 1.45x (0.42 s vs 0.29 s).
+STEP_OVERHEAD = 1.45
 
 
 def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
