@@ -60,7 +60,7 @@ def seconds_per_step(config: ArvidConfig, repeats: int = 4) -> float:
     try:
         tokenizer, loss = VideoTokenizer(training.model), TokenizerLoss(training.loss)
         optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=training.lr)
-        side = training.crop or training.resolution
+        side = training.window_side
         shape = (training.batch_size, 3, training.frames, side, side)
         video = torch.rand(shape) * 2 - 1
         times = []
@@ -166,7 +166,7 @@ def main() -> None:
             encode_s = timed(lambda: tokenizer.encode(batch), repeats=5)
             decode_s = timed(lambda: tokenizer.decode_indices(indices), repeats=5)
 
-    side = config.tokenizer_training.crop or config.tokenizer_training.resolution
+    side = config.tokenizer_training.window_side
     figures = {
         "train_videos": base.synthetic.count,
         "held_out_videos": args.holdout,

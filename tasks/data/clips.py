@@ -58,14 +58,17 @@ class DecodedClipCache:
 
     def frames(self, mp4: bytes) -> np.ndarray:
         """The clip's (T, H, W, 3) uint8 frames: from the cache, or decoded (and kept if they fit)."""
-        key = hashlib.sha256(mp4).digest() if self.budget_bytes > 0 else b""
-        cached = self._frames.get(key) if key else None
+        if self.budget_bytes <= 0:
+            self.decodes += 1
+            return decode_clip(mp4)
+        key = hashlib.sha256(mp4).digest()
+        cached = self._frames.get(key)
         if cached is not None:
             self.hits += 1
             return cached
         frames = decode_clip(mp4)
         self.decodes += 1
-        if key and self.used_bytes + frames.nbytes <= self.budget_bytes:
+        if self.used_bytes + frames.nbytes <= self.budget_bytes:
             self._frames[key] = frames
             self.used_bytes += frames.nbytes
         return frames

@@ -115,6 +115,11 @@ class TokenizerTrainingConfig(StrictModel):
             )
         return self
 
+    @property
+    def window_side(self) -> int:
+        """Side of the square windows training sees: `crop`, else the whole `resolution`."""
+        return self.crop or self.resolution
+
     def run_key(self, dataset_version: str) -> str:
         """Short hash naming the checkpoint folder: dataset version plus every field that shapes
         the weights (model, loss, data, optimiser, seed), not the budget or cadence."""
