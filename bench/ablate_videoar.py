@@ -25,13 +25,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
 from bench.results_io import write_results  # noqa: E402
+from models.generator.loss import bits_per_token  # noqa: E402
 from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
 from models.generator.videoar import (  # noqa: E402
     ErrorCorrectionConfig,
     FrameMaskConfig,
     VideoAR,
     VideoARConfig,
-    bits_per_token,
     generate_videoar,
 )
 

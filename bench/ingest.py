@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import goal, write_results  # noqa: E402
-from tasks.ingest.config import IngestConfig  # noqa: E402
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig  # noqa: E402
 from tasks.ingest.decode import clip_spans, probe_video, resample_indices  # noqa: E402
 from tasks.ingest.run import ingest_dataset  # noqa: E402
-from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_dataset  # noqa: E402
+from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
 
 
 def bare_decord_loop(paths: list[Path], config: IngestConfig) -> tuple[float, int, int]:

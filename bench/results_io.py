@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.tracking import git_commit
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def git_commit() -> str:
-    """Short commit of the measured code ("uncommitted" outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "uncommitted"
-    return out.stdout.strip() or "uncommitted"
 
 
 def cpu_device() -> str:
@@ -55,7 +45,7 @@ def write_results(
         "bench": bench,
         "command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
         "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git_commit": git_commit(),
+        "git_commit": git_commit()[:7],
         "device": device or cpu_device(),
         "figures": figures,
         "goals": goals,

@@ -27,9 +27,9 @@ import tempfile  # noqa: E402
 
 from bench.results_io import goal, write_results  # noqa: E402
 from models.tokenizer import TokenizerConfig, VideoTokenizer, save_tokenizer  # noqa: E402
-from tasks.ingest.config import IngestConfig  # noqa: E402
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig  # noqa: E402
 from tasks.ingest.run import ingest_dataset  # noqa: E402
-from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_dataset  # noqa: E402
+from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
 from tasks.ray_runtime import RayConfig, ensure_ray  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
 from tasks.tokenize.run import TokenizeSummary, tokenize_dataset  # noqa: E402

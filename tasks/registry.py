@@ -6,7 +6,6 @@ never unpickles code; arvid's loaders rebuild modules from config.json and model
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -117,8 +116,3 @@ def download_model_dir(reference: str, destination: str | Path | None = None) ->
     if not (local / "config.json").is_file():
         raise FileNotFoundError(f"{reference}: resolved to {local}, which holds no config.json")
     return local
-
-
-def read_model_config(model_dir: str | Path) -> dict:
-    """The JSON config of a downloaded model directory."""
-    return json.loads((Path(model_dir) / "config.json").read_text())

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from tasks.config import StrictModel
-from tasks.ingest.config import IngestConfig
-from tasks.ingest.synthetic import SyntheticDatasetConfig
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ray_runtime import RayConfig
 from tasks.storage import StorageSettings
 from tasks.tokenize.config import TokenizeConfig

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.generator.loss import LN2
 from models.generator.sampling import CfgForm, guide, sample_logits
 from models.generator.schedules import Schedule
 from models.generator.transformer import Generator
@@ -379,11 +378,6 @@ class VideoAR(nn.Module):
         logits, targets = self(indices, labels, generator=generator, perturb=perturb)
         skip = from_frame * self.tokens_per_frame
         return F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), targets[:, skip:].flatten())
-
-
-def bits_per_token(nats: torch.Tensor | float) -> float:
-    """Nats -> bits."""
-    return float(nats) / LN2
 
 
 def cfg_ramp(cfg_scale: float, num_scales: int, ramp: bool) -> list[float]:

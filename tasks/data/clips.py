@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from tasks import storage
+from tasks.data.video import decode_clip
 
 
 def iter_shard(shard_uri: str) -> Iterator[tuple[dict[str, Any], bytes]]:
@@ -29,14 +29,6 @@ def iter_shard(shard_uri: str) -> Iterator[tuple[dict[str, Any], bytes]]:
             if "mp4" in entry and "json" in entry:
                 del pending[key]
                 yield json.loads(entry["json"]), entry["mp4"]
-
-
-def decode_clip(mp4: bytes) -> np.ndarray:
-    """All frames of an ingested clip as (T, H, W, 3) uint8 (our own verified encodes: PyAV in-process)."""
-    import av
-
-    with av.open(io.BytesIO(mp4)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 class DecodedClipCache:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.data.video import write_frames_mp4
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.quarantine import QuarantineRecord, Reason, Rejected
 from tasks.ingest.sources import SourceInput
-from tasks.ingest.synthetic import write_frames_mp4
 
 # When the container only implies a frame count (from its duration), a decoder that yields less than
 # this share of it is reading a truncated file. Stated counts (mp4) must match exactly.

@@ -8,51 +8,23 @@ were. Frames are rasterised with numpy and encoded to real mp4 (libx264, yuv420p
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import overload
 
-import av
 import numpy as np
-from av.codec.context import Flags as CodecFlags
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel
+
+from tasks.data.video import write_frames_mp4
+from tasks.ingest.config import (
+    MOTION_CLASSES,
+    SHAPES,
+    SyntheticDatasetConfig,
 )
 
-MOTION_CLASSES: tuple[str, ...] = (
-    "left",
-    "right",
-    "up",
-    "down",
-    "rotate",
-    "orbit",
-    "bounce",
-    "zoom_in",
-    "zoom_out",
-)
-DEFAULT_CLASSES: tuple[str, ...] = (
-    "left",
-    "right",
-    "up",
-    "down",
-    "rotate",
-    "orbit",
-    "zoom_in",
-    "zoom_out",
-)
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "digit")
 MANIFEST_NAME = "labels.jsonl"
 
 # Named colours so a caption can say what the video shows; each video jitters them a little.
@@ -100,64 +72,6 @@ _DIGIT_SHRINK = 0.8
 _TRIANGLE = np.array([[0.0, -1.0], [0.866, 0.5], [-0.866, 0.5]])
 
 ProgressCallback = Callable[[int, int], None]
-
-
-class SyntheticDatasetConfig(BaseModel):
-    """What `make_synthetic_dataset` draws: how many videos, their size, timing and classes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    count: int = Field(64, ge=0, description="number of videos")
-    width: int = Field(64, ge=2, description="frame width in pixels (even: yuv420p)")
-    height: int = Field(64, ge=2, description="frame height in pixels (even: yuv420p)")
-    fps: float = Field(8.0, gt=0, description="frames per second")
-    frames: int = Field(33, ge=1, description="frames per video")
-    seed: int = Field(0, ge=0, description="every pixel of every video follows from this")
-    classes: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_CLASSES),
-        description=f"motion classes, video i gets classes[i % len]; from {MOTION_CLASSES}",
-    )
-    shapes: list[str] = Field(default_factory=lambda: list(SHAPES), description="object kinds")
-    codec: str = Field("libx264", description="video encoder (PyAV/FFmpeg name)")
-    crf: int = Field(20, ge=0, le=63, description="encoder quality, lower is better")
-    preset: str = Field("medium", description="x264/x265 speed preset, e.g. ultrafast")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _even(cls, value: int, info: ValidationInfo) -> int:
-        if value % 2:
-            raise ValueError(
-                f"{info.field_name}={value} is odd; yuv420p needs even frame sizes "
-                f"(use {value - 1} or {value + 1})"
-            )
-        return value
-
-    @field_validator("classes")
-    @classmethod
-    def _known_classes(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError(f"classes is empty; pick some of {list(MOTION_CLASSES)}")
-        unknown = [c for c in value if c not in MOTION_CLASSES]
-        if unknown:
-            raise ValueError(f"unknown motion classes {unknown}; known: {list(MOTION_CLASSES)}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"classes has duplicates: {value}")
-        return value
-
-    @field_validator("shapes")
-    @classmethod
-    def _known_shapes(cls, value: list[str]) -> list[str]:
-        unknown = [s for s in value if s not in SHAPES]
-        if not value or unknown:
-            raise ValueError(f"shapes must be a non-empty subset of {list(SHAPES)}, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _rotate_needs_asymmetric_shape(self) -> SyntheticDatasetConfig:
-        # A spinning circle looks still, so "rotate" would be an unlearnable class.
-        if "rotate" in self.classes and self.shapes == ["circle"]:
-            raise ValueError("class 'rotate' needs a shape other than 'circle' in shapes")
-        return self
 
 
 class SyntheticVideo(BaseModel):
@@ -292,129 +206,6 @@ def make_synthetic_dataset(
     manifest = out / MANIFEST_NAME
     _write_atomic(manifest, ("\n".join(rows) + "\n" if rows else "").encode())
     return SyntheticDatasetResult(out_dir=out, manifest_path=manifest, videos=videos)
-
-
-@overload
-def write_frames_mp4(
-    frames: np.ndarray,
-    path: None = None,
-    *,
-    fps: float | Fraction,
-    codec: str = ...,
-    crf: int = ...,
-    preset: str = ...,
-    faststart: bool = ...,
-) -> bytes: ...
-@overload
-def write_frames_mp4(
-    frames: np.ndarray,
-    path: str | Path,
-    *,
-    fps: float | Fraction,
-    codec: str = ...,
-    crf: int = ...,
-    preset: str = ...,
-    faststart: bool = ...,
-) -> Path: ...
-def write_frames_mp4(
-    frames: np.ndarray,
-    path: str | Path | None = None,
-    *,
-    fps: float | Fraction,
-    codec: str = "libx264",
-    crf: int = 20,
-    preset: str = "medium",
-    faststart: bool = False,
-) -> bytes | Path:
-    """Encode (T,H,W,3) uint8 RGB frames to mp4: atomically to `path`, or return the bytes."""
-    frames = _check_frames(frames)
-    rate = _as_rate(fps)
-    if path is not None:
-        target = Path(path)
-        # A temp name without .mp4 so a killed run never leaves something that looks finished.
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            _encode(frames, str(tmp), rate, codec, crf, preset, faststart)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
-    if faststart:
-        # The faststart pass re-reads the finished file by name, which an in-memory buffer lacks.
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            tmp = Path(tmp_dir) / "clip.mp4"
-            _encode(frames, str(tmp), rate, codec, crf, preset, faststart)
-            return tmp.read_bytes()
-    buffer = io.BytesIO()
-    _encode(frames, buffer, rate, codec, crf, preset, faststart)
-    return buffer.getvalue()
-
-
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    t, h, w, _ = frames.shape
-    if t == 0:
-        raise ValueError("frames is empty; an mp4 needs at least 1 frame")
-    for name, value in (("width", w), ("height", h)):
-        if value % 2:
-            raise ValueError(
-                f"frame {name}={value} is odd; yuv420p needs even sizes (crop or pad to "
-                f"{value - 1} or {value + 1})"
-            )
-    return np.ascontiguousarray(frames)
-
-
-def _as_rate(fps: float | Fraction) -> Fraction:
-    if fps <= 0:
-        raise ValueError(f"fps={fps} must be positive")
-    # Keeps 8 exact and 29.97 a small fraction, so the stream time base stays sane.
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _encode(
-    frames: np.ndarray,
-    target: str | io.BytesIO,
-    rate: Fraction,
-    codec: str,
-    crf: int,
-    preset: str,
-    faststart: bool,
-) -> None:
-    # bitexact keeps the FFmpeg version string out of the file, one less source of drift.
-    mux_options = {"fflags": "+bitexact"}
-    if faststart:
-        mux_options["movflags"] = "+faststart"
-    with av.open(target, mode="w", format="mp4", options=mux_options) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # x264's frame threads make rate-control decisions depend on timing: one thread makes
-        # the output bytes a function of the input alone.
-        stream.codec_context.thread_count = 1
-        stream.codec_context.flags |= CodecFlags.bitexact
-        stream.options = _codec_options(codec, crf, preset)
-        for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-
-
-def _codec_options(codec: str, crf: int, preset: str) -> dict[str, str]:
-    if codec in ("libx264", "libx265"):
-        return {"crf": str(crf), "preset": preset}
-    if codec == "libvpx-vp9":
-        return {"crf": str(crf), "b": "0"}  # b=0 selects constant-quality mode
-    if codec in ("libsvtav1", "libaom-av1"):
-        return {"crf": str(crf)}
-    return {}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -593,16 +384,12 @@ def _inside(shape: str, digit: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "DEFAULT_CLASSES",
     "MANIFEST_NAME",
-    "MOTION_CLASSES",
     "RenderedVideo",
-    "SyntheticDatasetConfig",
     "SyntheticDatasetResult",
     "SyntheticVideo",
     "make_synthetic_dataset",
     "render_video",
     "video_name",
     "video_rng",
-    "write_frames_mp4",
 ]

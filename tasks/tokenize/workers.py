@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
-from tasks.data.clips import clip_tensor, decode_clip, iter_shard
+from tasks.data.clips import clip_tensor, iter_shard
+from tasks.data.video import decode_clip
 from tasks.tokenize.format import index_dtype
 
 # Test hook: an actor whose batch holds this clip key exits the process abruptly, up to

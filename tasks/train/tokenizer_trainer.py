@@ -128,7 +128,7 @@ def side_by_side(video: Tensor, reconstruction: Tensor) -> np.ndarray:
 def _write_sample(
     run_dir: str, step: int, tokenizer: VideoTokenizer, clip: Tensor, fps: float
 ) -> str:
-    from tasks.ingest.synthetic import write_frames_mp4
+    from tasks.data.video import write_frames_mp4
 
     was_training = tokenizer.training
     tokenizer.eval()

@@ -14,7 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tasks.ingest.synthetic import SyntheticDatasetConfig, render_video, write_frames_mp4
+from tasks.data.video import write_frames_mp4
+from tasks.ingest.config import SyntheticDatasetConfig
+from tasks.ingest.synthetic import render_video
 
 
 def write_good_video(

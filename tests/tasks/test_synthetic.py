@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tasks.ingest.synthetic import (
-    DEFAULT_CLASSES,
-    MANIFEST_NAME,
-    MOTION_CLASSES,
-    SHAPES,
-    SyntheticDatasetConfig,
-    make_synthetic_dataset,
-    render_video,
-    write_frames_mp4,
-)
+from tasks.data.video import write_frames_mp4
+from tasks.ingest.config import DEFAULT_CLASSES, MOTION_CLASSES, SHAPES, SyntheticDatasetConfig
+from tasks.ingest.synthetic import MANIFEST_NAME, make_synthetic_dataset, render_video
 from tests.support import bad_inputs
 
 

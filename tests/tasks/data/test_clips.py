@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.data.clips import clip_tensor, decode_clip, iter_shard
+from tasks.data.clips import clip_tensor, iter_shard
 from tasks.data.datasets import resolve_dataset
-from tasks.ingest.config import IngestConfig
+from tasks.data.video import decode_clip
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ingest.run import ingest_dataset
-from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from tasks.ingest.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

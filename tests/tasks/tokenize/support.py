@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from models.tokenizer import TokenizerConfig, VideoTokenizer, save_tokenizer
-from tasks.ingest.config import IngestConfig
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ingest.run import IngestSummary, ingest_dataset
-from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from tasks.ingest.synthetic import make_synthetic_dataset
 from tasks.registry import TOKENIZER_MODEL, log_model_dir, register
 from tasks.settings import ArvidConfig
 from tasks.tracking import TrackingConfig, tracked_run

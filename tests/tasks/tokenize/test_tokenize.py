@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from models.tokenizer import load_tokenizer_from_dir
 from tasks import storage
-from tasks.data.clips import clip_tensor, decode_clip, iter_shard
+from tasks.data.clips import clip_tensor, iter_shard
 from tasks.data.datasets import resolve_dataset
+from tasks.data.video import decode_clip
 from tasks.tokenize.format import TokenizedClip, read_token_shard, token_shard_bytes
 from tasks.tokenize.run import tokenize_dataset
 from tasks.tokenize.workers import CRASH_KEY_ENV, CRASH_MARKER_ENV, CRASH_TIMES_ENV

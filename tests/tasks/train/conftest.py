@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tasks.data.datasets import DatasetRef, resolve_dataset
-from tasks.ingest.config import IngestConfig
+from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ingest.run import ingest_dataset
-from tasks.ingest.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from tasks.ingest.synthetic import make_synthetic_dataset
 from tasks.train.tokenizer_config import TokenizerTrainingConfig
 
 

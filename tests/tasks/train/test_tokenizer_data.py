@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.data.clips import DecodedClipCache, decode_clip, iter_shard
+from tasks.data.clips import DecodedClipCache, iter_shard
 from tasks.data.datasets import DatasetRef
+from tasks.data.video import decode_clip
 from tasks.train.tokenizer_data import ShardClipDataset, assign_shards
 
 

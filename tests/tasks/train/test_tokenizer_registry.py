@@ -108,7 +108,7 @@ def test_mlflow_run_holds_metrics_samples_and_lineage(trained) -> None:
     samples = [a.path for a in client.list_artifacts(summary.run_id, "samples")]
     assert samples == ["samples/step-00000002.mp4", "samples/step-00000004.mp4"]
     local = Path(client.download_artifacts(summary.run_id, samples[-1]))
-    from tasks.data.clips import decode_clip
+    from tasks.data.video import decode_clip
 
     assert decode_clip(local.read_bytes()).shape == (9, 32, 64, 3)  # input | reconstruction
     assert run.data.tags["arvid.dataset_version"] == summary.dataset_version
