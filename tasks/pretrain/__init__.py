@@ -1,0 +1,1 @@
+"""Staged AR pretraining: stage configs, the batch plan over token shards, the trainer."""
