@@ -1,0 +1,116 @@
+"""Checkpoints of a pretraining stage, in the same protocol as tokenizer checkpoints
+(tasks/train/checkpoints.py: files, then checkpoint.json with their sizes and hashes, then
+latest.json as the commit point; the last K kept):
+
+    <run_dir>/step-00000100/model.safetensors   weights (Generator, or VideoAR with its wrapper)
+                           /config.json         the model folder's config (loads as a model)
+                           /optimizer.pt        AdamW state (tensors only, loaded weights_only)
+                           /checkpoint.json     step, metadata, size + sha256 of each file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from models.generator.persist import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    generator_config_json,
+    generator_state,
+)
+from tasks import storage
+from tasks.train.checkpoints import (
+    LATEST_FILE,
+    MANIFEST_FILE,
+    CheckpointError,
+    _read_verified,
+    checkpoint_name,
+    latest_checkpoint,
+    prune_checkpoints,
+)
+
+OPTIMIZER_STATE = "optimizer.pt"
+
+
+class StageCheckpoints:
+    """Save, find and restore the checkpoints of one stage's run folder."""
+
+    def __init__(self, run_dir: str, keep: int = 2) -> None:
+        self.run_dir = run_dir
+        self.keep = keep
+
+    def uri(self, step: int) -> str:
+        """The folder of the checkpoint after `step` steps."""
+        return storage.join(self.run_dir, checkpoint_name(step))
+
+    def latest(self) -> str | None:
+        """The checkpoint latest.json points at, or None."""
+        return latest_checkpoint(self.run_dir)
+
+    def save(
+        self,
+        step: int,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Publish the checkpoint of `step`, then point latest.json at it; prune old ones."""
+        uri = self.uri(step)
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        files = {
+            WEIGHTS_FILE: save_safetensors(generator_state(module)),
+            CONFIG_FILE: generator_config_json(module, {"step": step, **(metadata or {})}).encode(),
+            OPTIMIZER_STATE: buffer.getvalue(),
+        }
+        for name, data in files.items():
+            storage.write_bytes(storage.join(uri, name), data)
+        manifest = {
+            "step": step,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": {
+                name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                for name, data in files.items()
+            },
+            "metadata": metadata or {},
+        }
+        storage.write_text(storage.join(uri, MANIFEST_FILE), json.dumps(manifest, indent=2) + "\n")
+        storage.write_text(
+            storage.join(self.run_dir, LATEST_FILE),
+            json.dumps({"step": step, "checkpoint": checkpoint_name(step)}) + "\n",
+        )
+        prune_checkpoints(self.run_dir, self.keep)
+        return uri
+
+    @staticmethod
+    def _files(uri: str) -> tuple[int, dict[str, bytes]]:
+        manifest_uri = storage.join(uri, MANIFEST_FILE)
+        if not storage.exists(manifest_uri):
+            raise CheckpointError(f"{uri}: no {MANIFEST_FILE}, so not a complete checkpoint")
+        manifest = json.loads(storage.read_text(manifest_uri))
+        files = {name: _read_verified(uri, name, info) for name, info in manifest["files"].items()}
+        return int(manifest["step"]), files
+
+    @staticmethod
+    def load_weights(uri: str) -> dict[str, torch.Tensor]:
+        """The verified weights of a checkpoint (e.g. the previous stage's last one)."""
+        _, files = StageCheckpoints._files(uri)
+        return load_safetensors(files[WEIGHTS_FILE])
+
+    def restore(self, uri: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Load weights and optimizer state of a checkpoint into `module`/`optimizer`; its step."""
+        step, files = self._files(uri)
+        module.load_state_dict(load_safetensors(files[WEIGHTS_FILE]))
+        optimizer.load_state_dict(
+            torch.load(io.BytesIO(files[OPTIMIZER_STATE]), map_location="cpu", weights_only=True)
+        )
+        return step

@@ -1,0 +1,141 @@
+"""Config of staged pretraining: the model, the stages of rising resolution and duration, the run."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from models.generator.schedules import ScheduleConfig
+from models.generator.transformer import GeneratorConfig
+from models.generator.videoar import ErrorCorrectionConfig, FrameMaskConfig, LongContextConfig
+from tasks.config import StrictModel
+
+ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale"]
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _tiny_generator() -> GeneratorConfig:
+    # vocab_size and num_classes are set from the tokenizer and the dataset at run time.
+    return GeneratorConfig(n_layer=2, n_head=2, n_embd=64, label_dropout=0.1)
+
+
+class StageConfig(StrictModel):
+    """One stage: a clip shape, a generation schedule, a budget and its optimisation."""
+
+    name: str = Field(description="folder-safe name, unique in the run (e.g. 32px-9f)")
+    resolution: int = Field(ge=8, description="square side in pixels the clips are tokenized at")
+    frames: int = Field(ge=1, description="frames per clip (1 + temporal_factor·n)")
+    schedule: ScheduleName = "ntp"
+    block: tuple[int, int, int] = Field((1, 1, 16), description="nbp: (bt, bh, bw) latent block")
+    regions: int = Field(4, ge=1, description="par: R regions, a square number")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; or give token_budget")
+    token_budget: int | None = Field(
+        None, ge=1, description="target tokens to train on; steps = ceil(budget / tokens per step)"
+    )
+    batch_size: int = Field(8, ge=1, description="clips per step across all workers")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up (the optimizer restarts)")
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a share of lr")
+    weight_decay: float = Field(0.05, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    # VideoAR's training switches (next_scale only).
+    error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
+    frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
+    long_context: LongContextConfig = Field(default_factory=LongContextConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, value: str) -> str:
+        if not _STAGE_NAME.match(value):
+            raise ValueError(f"{value!r}: use letters, digits, '-' and '_' only")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if (self.steps is None) == (self.token_budget is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of steps and token_budget")
+        if self.schedule != "next_scale":
+            used = [
+                field
+                for field, on in (
+                    ("error_correction", self.error_correction.enabled),
+                    ("frame_mask", self.frame_mask.prob > 0),
+                    ("long_context", self.long_context.window is not None),
+                )
+                if on
+            ]
+            if used:
+                raise ValueError(
+                    f"stage {self.name!r}: {', '.join(used)} are VideoAR switches; they need "
+                    f"schedule next_scale, not {self.schedule}"
+                )
+        return self
+
+    def schedule_config(self) -> ScheduleConfig:
+        """The token schedule of a single-scale stage."""
+        if self.schedule == "next_scale":
+            raise ValueError(f"stage {self.name!r}: next_scale is built by VideoAR, not a schedule")
+        return ScheduleConfig(name=self.schedule, block=self.block, regions=self.regions)
+
+    def total_steps(self, tokens_per_clip: int) -> int:
+        """Optimizer steps of this stage (from steps, or from the token budget)."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.token_budget / (self.batch_size * tokens_per_clip)))
+
+
+class PretrainConfig(StrictModel):
+    """Everything `arvid pretrain` needs besides storage, tracking, Ray and tokenize settings."""
+
+    dataset: str | None = Field(
+        None, description="`<output_root>/<name>[@version]`; None: what the ingest section writes"
+    )
+    tokenizer: str = Field(
+        "models:/arvid-tokenizer@champion",
+        description="the tokenizer whose tokens the stages train on (pinned to one version)",
+    )
+    model: GeneratorConfig = Field(
+        default_factory=_tiny_generator,
+        description="transformer shape; vocab_size and num_classes come from the tokenizer and data",
+    )
+    stages: list[StageConfig] = Field(min_length=1)
+    seed: int = Field(0, ge=0)
+    val_shards: int = Field(
+        1, ge=0, description="token shards held out for validation (the last ones by name)"
+    )
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on GPUs (the CPU trains in float32)")
+    threads_per_worker: int | None = Field(None, ge=1)
+    compile_blocks: bool = Field(False, description="torch.compile each transformer block")
+    activation_checkpointing: bool = False
+    loss_chunk_rows: int | None = Field(
+        None, ge=1, description="cross-entropy this many rows at a time (never the full logits)"
+    )
+    checkpoint_dir: str = ".arvid/checkpoints/generator"
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    val_every: int | None = Field(None, ge=1, description="None: validate at the end of a stage")
+    max_failures: int = Field(0, ge=0, description="Ray Train restarts of a failed stage")
+    register_alias: str | None = Field(
+        "champion", description="alias set on the registered arvid-generator version"
+    )
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> PretrainConfig:
+        names = [stage.name for stage in self.stages]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"stage names must be unique; repeated: {repeated}")
+        for index, stage in enumerate(self.stages):
+            if stage.batch_size % self.num_workers:
+                raise ValueError(
+                    f"stages[{index}] ({stage.name}): batch_size={stage.batch_size} does not split "
+                    f"over num_workers={self.num_workers}; use a multiple of {self.num_workers}"
+                )
+        return self

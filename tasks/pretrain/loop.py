@@ -1,0 +1,314 @@
+"""One pretraining stage on one worker: build or inherit the model, train to the stage's steps,
+checkpoint, validate. Knows nothing of Ray or MLflow: the driver passes a worker context in and
+receives events out.
+
+Exact resume: the batch of step s is a function of (seed, s, rank) (batch_plan.py), and the
+random state is reseeded from (seed, s, rank) before every step, so every draw of a step (label
+dropout, error correction, frame masks) is too. A checkpoint therefore needs only the weights, the
+optimizer state and its step: a run killed and resumed takes the same batches and draws as one
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.generator.persist import build_generator, unwrap_generator
+from models.generator.schedules import Schedule, build_schedule
+from models.generator.transformer import Generator, GeneratorConfig
+from models.generator.videoar import VideoAR, VideoARConfig
+from tasks import storage
+from tasks.pretrain.batch_plan import BatchPlan
+from tasks.pretrain.checkpoints import StageCheckpoints
+from tasks.pretrain.config import StageConfig
+from tasks.pretrain.tokens import TokenClips
+from tasks.storage import StorageSettings
+
+log = logging.getLogger("arvid.pretrain")
+
+
+@dataclass
+class TrainOptions:
+    """How a stage runs (not what it learns): devices, speed switches, cadence of side work."""
+
+    device: str = "cpu"
+    bf16: bool = True
+    threads: int | None = None
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    val_every: int | None = None
+    val_batch_size: int = 16
+
+
+@dataclass
+class StageSpec:
+    """Everything a worker needs to train one stage (picklable: it travels to Ray workers)."""
+
+    stage: StageConfig
+    model: GeneratorConfig  # vocab_size and num_classes already set
+    videoar: VideoARConfig | None  # set for next_scale stages
+    train: TokenClips
+    val: TokenClips | None
+    run_dir: str  # this stage's checkpoints
+    init_from: str | None  # the previous stage's final checkpoint, or None
+    seed: int
+    options: TrainOptions
+    storage: StorageSettings
+
+
+@dataclass
+class StepEvent:
+    """Training progress every log_every steps (rank 0, averaged over workers)."""
+
+    step: int
+    lr: float
+    loss_bits: float
+    grad_norm: float
+    tokens_per_s: float
+
+
+@dataclass
+class ValidationEvent:
+    """Held-out bits per token at a step."""
+
+    step: int
+    val_bits: float
+
+
+@dataclass
+class StageResult:
+    """What a finished stage returns to the driver (rank 0)."""
+
+    steps: int
+    resumed_from_step: int
+    final_checkpoint: str
+    train_bits: float
+    val_bits: float | None
+    tokens_per_s: float
+    seconds: float
+
+
+Event = StepEvent | ValidationEvent
+
+
+@dataclass
+class WorkerContext:
+    """Where a copy of the loop runs: rank, world size, device, and where rank 0's events go."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    publish: Callable[[Event], None] = lambda event: None
+
+    @property
+    def distributed(self) -> bool:
+        """True inside a process group of more than one worker."""
+        return self.world_size > 1 and torch.distributed.is_initialized()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP-wrap a module when distributed."""
+        if not self.distributed:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def mean(self, value: float) -> float:
+        """The average of a scalar over the workers."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor) / self.world_size
+
+    def barrier(self) -> None:
+        """Wait for every worker (rank 0 writes checkpoints, the others must not run ahead)."""
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def learning_rate(stage: StageConfig, step: int, total: int) -> float:
+    """lr at `step` of `total`: linear warm-up, then cosine, linear or constant to min_lr_ratio."""
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    if stage.decay == "constant" or total <= stage.warmup_steps:
+        return stage.lr
+    progress = min(1.0, (step - stage.warmup_steps) / max(1, total - stage.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if stage.decay == "cosine" else 1 - progress
+    return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * shape)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one step on one worker (a function of its arguments alone)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+class StageModel:
+    """The trained module, its schedule and how a batch of clip numbers becomes a loss."""
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.module = build_generator(spec.model, spec.videoar)
+        generator, _ = unwrap_generator(self.module)
+        self.generator: Generator = generator
+        self.schedule: Schedule | None = None
+        if spec.videoar is None:
+            t, h, w = spec.train.scales[0].shape[1:]
+            self.schedule = build_schedule(spec.stage.schedule_config(), (t, h, w))
+            self.schedule.check_learned_inputs(spec.model.max_learned_inputs)
+
+    def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> tuple:
+        """(per-scale index tensors, labels) of the given clip numbers, on `device`."""
+        scales = [torch.from_numpy(a[rows]).to(device) for a in clips.scales]
+        return scales, torch.from_numpy(clips.labels[rows]).to(device)
+
+    def loss(
+        self,
+        wrapped: nn.Module,
+        scales: list[torch.Tensor],
+        labels: torch.Tensor,
+        perturb: bool,
+    ) -> torch.Tensor:
+        """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
+        if isinstance(self.module, VideoAR):
+            logits, targets = wrapped(scales, labels, perturb=perturb)
+        else:
+            schedule = self.schedule.to(scales[0].device)
+            targets = schedule.tokens_to_sequence(scales[0])  # (B, N)
+            inputs = schedule.input_ids(targets, self.generator.config.vocab_size)
+            logits = wrapped(inputs, schedule.coords, schedule.group, labels)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+@torch.no_grad()
+def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_size: int) -> float:
+    """Held-out bits per token over every clip of `clips` (eval mode: no dropout, no perturbation)."""
+    module = model.module
+    was_training = module.training
+    module.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(clips), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(clips)))
+            scales, labels = model.batch(clips, rows, device)
+            nats = model.loss(module, scales, labels, perturb=False)
+            total += float(nats) * len(rows)
+            count += len(rows)
+    finally:
+        module.train(was_training)
+    return total / count / math.log(2.0)
+
+
+def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResult | None:
+    """Train one stage from its latest checkpoint (or the previous stage, or scratch); rank 0
+    returns the result."""
+    worker = worker or WorkerContext()
+    options = spec.options
+    storage.configure_storage(spec.storage)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(spec.seed)  # the same initial weights on every rank
+    model = StageModel(spec)
+    module = model.module
+    checkpoints = StageCheckpoints(spec.run_dir, keep=options.keep_checkpoints)
+    optimizer = torch.optim.AdamW(
+        module.parameters(),
+        lr=spec.stage.lr,
+        weight_decay=spec.stage.weight_decay,
+        fused=worker.device.type == "cuda",
+    )
+    start = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        start = checkpoints.restore(latest, module, optimizer)
+        log.info("rank %d: resuming %s at step %d", worker.rank, spec.stage.name, start)
+    elif spec.init_from is not None:
+        inherited = StageCheckpoints.load_weights(spec.init_from)
+        module.load_state_dict(inherited)  # positions are coordinates: any grid loads
+        log.info("rank %d: %s starts from %s", worker.rank, spec.stage.name, spec.init_from)
+    module.to(worker.device)
+    for state in optimizer.state.values():  # restored on the CPU: follow the parameters
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(worker.device)
+    wrapped = worker.wrap(module)
+    total = spec.stage.total_steps(spec.train.tokens_per_clip)
+    plan = BatchPlan(len(spec.train), spec.stage.batch_size, worker.world_size, spec.seed)
+    autocast = torch.autocast(
+        worker.device.type,
+        dtype=torch.bfloat16,
+        enabled=worker.device.type == "cuda" and options.bf16,
+    )
+    tokens_per_step = spec.stage.batch_size * spec.train.tokens_per_clip
+    window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
+    started, last_bits, grad_norm = time.perf_counter(), float("nan"), 0.0
+    val_bits: float | None = None
+    module.train()
+    for step in range(start, total):
+        torch.manual_seed(step_seed(spec.seed, step, worker.rank))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(spec.stage, step, total)
+        scales, labels = model.batch(
+            spec.train, plan.worker_batch(step, worker.rank), worker.device
+        )
+        with autocast:
+            loss = model.loss(wrapped, scales, labels, perturb=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = spec.stage.grad_clip if spec.stage.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
+        optimizer.step()
+        window_loss += float(loss.detach())
+        window_steps += 1
+        done = step + 1
+        if done % options.log_every == 0 or done == total:
+            seconds = time.perf_counter() - window_started
+            last_bits = worker.mean(window_loss / window_steps) / math.log(2.0)
+            worker.publish(
+                StepEvent(
+                    step=done,
+                    lr=optimizer.param_groups[0]["lr"],
+                    loss_bits=last_bits,
+                    grad_norm=grad_norm,
+                    tokens_per_s=tokens_per_step * window_steps / max(seconds, 1e-9),
+                )
+            )
+            window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
+        if (
+            spec.val is not None
+            and options.val_every
+            and done % options.val_every == 0 < total - done
+        ):
+            val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
+            worker.publish(ValidationEvent(step=done, val_bits=val_bits))
+        if done % options.checkpoint_every == 0 or done == total:
+            if worker.rank == 0:
+                checkpoints.save(
+                    done, module, optimizer, {"stage": spec.stage.name, "total": total}
+                )
+            worker.barrier()
+    seconds = time.perf_counter() - started
+    if spec.val is not None:
+        val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
+        worker.publish(ValidationEvent(step=total, val_bits=val_bits))
+    if worker.rank != 0:
+        return None
+    trained = total - start
+    return StageResult(
+        steps=total,
+        resumed_from_step=start,
+        final_checkpoint=checkpoints.uri(total),
+        train_bits=last_bits,
+        val_bits=val_bits,
+        tokens_per_s=tokens_per_step * trained / seconds if trained and seconds > 0 else 0.0,
+        seconds=seconds,
+    )

@@ -1,0 +1,117 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.generator.persist import build_generator, load_generator_from_dir
+from models.generator.transformer import GeneratorConfig
+from models.generator.videoar import VideoAR, VideoARConfig
+from tasks.pretrain.config import StageConfig
+from tasks.pretrain.loop import StageSpec, StepEvent, TrainOptions, WorkerContext, run_stage
+from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
+from tasks.storage import StorageSettings
+from tests.tasks.pretrain.support import write_token_dataset
+
+VOCAB = 16
+
+
+def _spec(tmp_path, tokens_uri, stage, run_name, videoar=None, init_from=None, **options):
+    dataset = read_token_dataset(tokens_uri)
+    classes = class_names(dataset.rows)
+    model = GeneratorConfig(
+        vocab_size=VOCAB,
+        num_classes=len(classes),
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        label_dropout=0.2,
+    )
+    train_shards, val_shards = dataset.split(1)
+    return StageSpec(
+        stage=stage,
+        model=model,
+        videoar=videoar,
+        train=load_token_clips(dataset, train_shards, classes, model.num_classes),
+        val=load_token_clips(dataset, val_shards, classes, model.num_classes),
+        run_dir=str(tmp_path / run_name),
+        init_from=init_from,
+        seed=5,
+        options=TrainOptions(**{"checkpoint_every": 3, "log_every": 1, **options}),
+        storage=StorageSettings(),
+    )
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return load_file(f"{result.final_checkpoint}/model.safetensors")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_stage_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    tokens = write_token_dataset(tmp_path / "tokens", [(3, 4, 4)], VOCAB)
+    stage = StageConfig(name="s1", resolution=32, frames=9, schedule="nbp", block=(1, 1, 4),
+                        steps=8, batch_size=4, lr=3e-3, warmup_steps=2)  # fmt: skip
+    straight = run_stage(_spec(tmp_path, tokens, stage, "straight"))
+
+    def kill_at_step_7(event):
+        if isinstance(event, StepEvent) and event.step == 7:
+            raise Killed
+
+    spec = _spec(tmp_path, tokens, stage, "resumed")
+    with pytest.raises(Killed):
+        run_stage(spec, dataclasses.replace(WorkerContext(), publish=kill_at_step_7))
+    resumed = run_stage(spec)
+
+    assert resumed.resumed_from_step == 6  # the last checkpoint before the kill
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    # Training moved the weights (the comparison above is not between two copies of the init).
+    torch.manual_seed(5)
+    initial = build_generator(spec.model).state_dict()
+    assert max(float((a[k] - initial[k]).abs().max()) for k in a) > 1e-3
+
+
+def test_a_second_stage_on_a_larger_grid_starts_from_the_first_stage(tmp_path):
+    small = write_token_dataset(tmp_path / "small", [(2, 2, 2)], VOCAB)
+    large = write_token_dataset(tmp_path / "large", [(3, 4, 4)], VOCAB)
+    first = StageConfig(name="a", resolution=16, frames=5, schedule="ntp", steps=6, batch_size=4)
+    done = run_stage(_spec(tmp_path, small, first, "a"))
+    second = StageConfig(
+        name="b",
+        resolution=32,
+        frames=9,
+        schedule="frame",
+        steps=1,
+        batch_size=4,
+        lr=1e-9,
+        warmup_steps=0,
+    )
+    spec = _spec(tmp_path, large, second, "b", init_from=done.final_checkpoint)
+    result = run_stage(spec)
+    before, after = _weights(done), _weights(result)
+    # One step at lr 1e-9 keeps the inherited weights: the second stage really loaded the first's.
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-5
+    assert result.val_bits is not None and np.isfinite(result.val_bits)
+
+
+def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(tmp_path):
+    scales = [1, 2, 4]
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB)
+    videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
+    stage = StageConfig(
+        name="vs", resolution=32, frames=9, schedule="next_scale", steps=30, batch_size=4, lr=3e-3,
+        error_correction={"enabled": True, "max_strength": 0.3},
+        frame_mask={"prob": 0.5},
+    )  # fmt: skip
+    events = []
+    spec = _spec(tmp_path, tokens, stage, "vs", videoar=videoar)
+    result = run_stage(spec, dataclasses.replace(WorkerContext(), publish=events.append))
+    losses = [e.loss_bits for e in events if isinstance(e, StepEvent)]
+    assert losses[-1] < losses[0]
+    model = load_generator_from_dir(result.final_checkpoint)
+    assert isinstance(model, VideoAR)
