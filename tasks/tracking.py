@@ -87,13 +87,15 @@ def tracked_run(
     run_name: str,
     params: BaseModel | dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    nested: bool = False,
 ) -> Iterator[Any]:
-    """Open an MLflow run with lineage tags (git commit plus the caller's) and flat params."""
+    """Open an MLflow run with lineage tags (git commit plus the caller's) and flat params;
+    `nested` opens it as a child of the active run (a pretraining stage under its run)."""
     import mlflow
 
     setup_tracking(config)
     all_tags = {"arvid.git_commit": git_commit(), **(tags or {})}
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+    with mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested) as run:
         if params is not None:
             data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
             # MLflow caps a param value at 6000 chars; long lists are truncated rather than failing.

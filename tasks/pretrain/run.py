@@ -1,0 +1,406 @@
+"""`pretrain`: staged AR pretraining as one plain function (the Prefect flow wraps it).
+
+For each stage, in order: make sure its token shards exist (tokenization is idempotent: done
+shards are skipped), train it on Ray Train starting from the previous stage's last checkpoint,
+and record it as a nested MLflow run of the pretraining run. The last stage's weights are logged
+as a model folder and registered as `arvid-generator`.
+
+Every check that needs no training runs first (tokenizer fit, schedules, data split), so a bad
+config fails in seconds, naming the stage and the field. Re-running the same config resumes: a
+finished stage is skipped through its completion record, an unfinished one resumes from its latest
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from models.tokenizer import TokenizerConfig
+from tasks import registry, storage, tracking
+from tasks.config import config_hash
+from tasks.data.datasets import resolve_dataset
+from tasks.pretrain.config import PretrainConfig, StageConfig
+from tasks.pretrain.driver import fit_stage
+from tasks.pretrain.loop import (
+    Event,
+    StageResult,
+    StageSpec,
+    StepEvent,
+    TrainOptions,
+    ValidationEvent,
+)
+from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
+from tasks.settings import ArvidConfig
+from tasks.tokenize.run import TokenizeSummary, tokenize_dataset
+from tasks.tokenize.tokenizer_ref import TokenizerRecord, resolve_tokenizer
+
+log = logging.getLogger("arvid.pretrain")
+
+RESULT_FILE = "result.json"  # a stage's completion record, written after its last checkpoint
+MODEL_ARTIFACT = "generator"
+H200_BF16_PEAK_FLOPS = 989e12  # dense bf16 peak of an H100/H200 SXM, the usual MFU yardstick
+
+
+class StageSummary(BaseModel):
+    """One finished stage: shape, schedule, budget, where its tokens and checkpoints are, results."""
+
+    name: str
+    resolution: int
+    frames: int
+    schedule: str
+    steps: int
+    resumed_from_step: int
+    skipped: bool
+    train_bits: float
+    val_bits: float | None
+    tokens_per_s: float
+    seconds: float
+    tokens_uri: str
+    tokens_version: str
+    checkpoint: str
+    mlflow_run_id: str
+
+
+class PretrainSummary(BaseModel):
+    """What a pretraining run did, and the registered generator."""
+
+    dataset: str
+    dataset_version: str
+    tokenizer: str
+    tokenizer_version: str | None
+    run_key: str
+    run_id: str
+    stages: list[StageSummary]
+    model_uri: str
+    registered_model: str
+    model_version: str
+    alias: str | None
+
+    def reference(self) -> str:
+        """The registry reference to load the result with."""
+        if self.alias:
+            return f"models:/{self.registered_model}@{self.alias}"
+        return f"models:/{self.registered_model}/{self.model_version}"
+
+    def line(self) -> str:
+        """The one-line human summary."""
+        last = self.stages[-1]
+        stages = ", ".join(
+            f"{s.name} ({s.resolution}px x {s.frames}f {s.schedule}, {s.steps} steps"
+            f"{', done before' if s.skipped else ''})"
+            for s in self.stages
+        )
+        val = f", held-out {last.val_bits:.3f} bits/token" if last.val_bits is not None else ""
+        return (
+            f"pretrain {self.dataset}@{self.dataset_version}: {stages}{val} -> {self.reference()}"
+            f" (MLflow run {self.run_id})"
+        )
+
+
+def dataset_reference(config: ArvidConfig) -> str:
+    """The dataset pretraining reads: its own setting, else what the ingest section writes."""
+    return config.pretrain.dataset or storage.join(config.ingest.output_root, config.ingest.name)
+
+
+def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
+    """Refuse, before any work, stages the tokenizer cannot serve; errors name stage and field."""
+    from models.generator.schedules import build_schedule
+
+    for index, stage in enumerate(pretrain.stages):
+        where = f"pretrain.stages[{index}] ({stage.name})"
+        try:
+            tokenizer.check_clip_shape(stage.frames, stage.resolution, stage.resolution)
+        except ValueError as exc:
+            raise ValueError(f"{where}: resolution/frames: {exc}") from exc
+        if stage.schedule == "next_scale" and tokenizer.scales is None:
+            raise ValueError(
+                f"{where}: schedule next_scale needs a multi-scale tokenizer; this one is "
+                "single-scale (tokenizer_training.model.scales is unset)"
+            )
+        if stage.schedule != "next_scale" and tokenizer.scales is not None:
+            raise ValueError(
+                f"{where}: schedule {stage.schedule} needs single-scale tokens; this tokenizer is "
+                f"multi-scale ({tokenizer.scales}): use schedule next_scale"
+            )
+        if stage.schedule != "next_scale":
+            t, h, w = tokenizer.latent_shape(stage.frames, stage.resolution, stage.resolution)
+            try:
+                build_schedule(stage.schedule_config(), (t, h, w))
+            except ValueError as exc:
+                raise ValueError(f"{where}: block/regions: {exc}") from exc
+
+
+def run_key(
+    pretrain: PretrainConfig, dataset_version: str, tokenizer: TokenizerRecord, classes: list[str]
+) -> str:
+    """Names the run's checkpoint folder: what is learned, not how often it is logged or saved."""
+    learned = pretrain.model_dump(
+        mode="json",
+        include={"model", "stages", "seed", "val_shards"},
+    )
+    identity = json.dumps(
+        [learned, dataset_version, tokenizer.digest, classes], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+def _tokens_for(
+    config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
+) -> TokenizeSummary:
+    tokenize = config.tokenize.model_copy(
+        update={
+            "dataset": dataset,
+            "tokenizer": tokenizer,
+            "resolution": stage.resolution,
+            "frames": stage.frames,
+        }
+    )
+    return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
+
+
+def _videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
+    from models.generator.videoar import VideoARConfig
+
+    side = stage.resolution // tokenizer.spatial_factor
+    return VideoARConfig(
+        levels=tokenizer.levels,
+        scales=tokenizer.scales,
+        scale_gains=tokenizer.scale_gains,
+        upsample_mode=tokenizer.upsample_mode,
+        latent_hw=(side, side),
+        error_correction=stage.error_correction,
+        frame_mask=stage.frame_mask,
+        long_context=stage.long_context,
+    )
+
+
+def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
+    """Training FLOPs per token: 6·N for the weights plus 6·L·T·d for attention."""
+    from models.generator.persist import build_generator
+
+    n = sum(p.numel() for p in build_generator(spec.model, spec.videoar).parameters())
+    return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
+
+
+class _StageLogger:
+    """Rank 0's events -> MLflow metrics of the active (stage) run."""
+
+    def __init__(self, flops_per_token: float | None) -> None:
+        self.flops_per_token = flops_per_token
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepEvent):
+            metrics = {
+                "loss_bits_per_token": event.loss_bits,
+                "lr": event.lr,
+                "grad_norm": event.grad_norm,
+                "tokens_per_s": event.tokens_per_s,
+            }
+            if self.flops_per_token:
+                metrics["mfu"] = event.tokens_per_s * self.flops_per_token / H200_BF16_PEAK_FLOPS
+            tracking.log_metrics(metrics, step=event.step)
+        elif isinstance(event, ValidationEvent):
+            tracking.log_metrics({"val_bits_per_token": event.val_bits}, step=event.step)
+
+
+def _finished(run_dir: str, total: int) -> StageResult | None:
+    uri = storage.join(run_dir, RESULT_FILE)
+    if not storage.exists(uri):
+        return None
+    result = StageResult(**json.loads(storage.read_text(uri)))
+    return result if result.steps == total else None
+
+
+def pretrain(config: ArvidConfig) -> PretrainSummary:
+    """Run every stage of `config.pretrain` (resuming what exists) and register the generator."""
+    from models.generator.transformer import GeneratorConfig
+
+    pretrain_config = config.pretrain
+    storage.configure_storage(config.storage)
+    tracking.setup_tracking(config.tracking)  # models:/ references resolve against this store
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
+    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
+        record, model_dir = resolve_tokenizer(pretrain_config.tokenizer, Path(tmp) / "model")
+        tokenizer = TokenizerConfig.model_validate_json((model_dir / "config.json").read_text())
+    check_stages(pretrain_config, tokenizer)
+    dataset_uri = f"{dataset.root}@{dataset.version}"
+    classes = class_names(dataset.rows)
+    model_config = GeneratorConfig.model_validate(
+        {
+            **pretrain_config.model.model_dump(),
+            "vocab_size": math.prod(tokenizer.levels),
+            "num_classes": max(1, len(classes)),
+        }
+    )
+    key = run_key(pretrain_config, dataset.version, record, classes)
+    run_root = storage.join(
+        storage.absolute(pretrain_config.checkpoint_dir), f"{dataset.name}-{key}"
+    )
+    tags = {
+        "arvid.step": "pretrain",
+        "arvid.dataset": dataset.name,
+        "arvid.dataset_version": dataset.version,
+        "arvid.tokenizer": record.pinned,
+        "arvid.tokenizer_version": record.version or record.label,
+        "arvid.config_hash": config_hash(pretrain_config),
+        "arvid.run_dir": run_root,
+    }
+    params = {"pretrain": pretrain_config.model_dump(mode="json"), "classes": classes}
+    summaries: list[StageSummary] = []
+    with tracking.tracked_run(config.tracking, f"pretrain-{dataset.name}", params, tags) as parent:
+        init_from: str | None = None
+        for index, stage in enumerate(pretrain_config.stages):
+            tokens = _tokens_for(config, stage, dataset_uri, record.pinned)
+            summary = _run_stage(
+                config, index, stage, tokens, model_config, tokenizer, classes, run_root, init_from
+            )
+            summaries.append(summary)
+            init_from = summary.checkpoint
+        last = summaries[-1]
+        tracking.log_metrics(
+            {"final/val_bits_per_token": last.val_bits or float("nan"), "stages": len(summaries)}
+        )
+        model_uri = _log_model(last.checkpoint)
+        run_id = parent.info.run_id
+    lineage = {
+        **{k: v for k, v in tags.items() if k != "arvid.step"},
+        "arvid.tokens_version": last.tokens_version,
+        "arvid.git_commit": tracking.git_commit(),
+        "arvid.schedule": last.schedule,
+        "arvid.val_bits_per_token": f"{last.val_bits:.6f}" if last.val_bits is not None else "",
+    }
+    version = registry.register(
+        model_uri, registry.GENERATOR_MODEL, run_id, lineage, pretrain_config.register_alias
+    )
+    return PretrainSummary(
+        dataset=dataset.name,
+        dataset_version=dataset.version,
+        tokenizer=record.pinned,
+        tokenizer_version=record.version,
+        run_key=key,
+        run_id=run_id,
+        stages=summaries,
+        model_uri=model_uri,
+        registered_model=registry.GENERATOR_MODEL,
+        model_version=version,
+        alias=pretrain_config.register_alias,
+    )
+
+
+def _run_stage(
+    config: ArvidConfig,
+    index: int,
+    stage: StageConfig,
+    tokens: TokenizeSummary,
+    model_config,
+    tokenizer: TokenizerConfig,
+    classes: list[str],
+    run_root: str,
+    init_from: str | None,
+) -> StageSummary:
+    pretrain_config = config.pretrain
+    token_data = read_token_dataset(tokens.tokens_uri)
+    train_shards, val_shards = token_data.split(pretrain_config.val_shards)
+    null_class = model_config.num_classes
+    train = load_token_clips(token_data, train_shards, classes, null_class)
+    val = load_token_clips(token_data, val_shards, classes, null_class) if val_shards else None
+    videoar = _videoar_config(tokenizer, stage) if stage.schedule == "next_scale" else None
+    run_dir = storage.join(run_root, f"{index:02d}-{stage.name}")
+    spec = StageSpec(
+        stage=stage,
+        model=model_config,
+        videoar=videoar,
+        train=train,
+        val=val,
+        run_dir=run_dir,
+        init_from=init_from,
+        seed=pretrain_config.seed,
+        options=TrainOptions(
+            device="cuda" if pretrain_config.use_gpu else "cpu",
+            bf16=pretrain_config.bf16,
+            threads=pretrain_config.threads_per_worker,
+            checkpoint_every=pretrain_config.checkpoint_every,
+            keep_checkpoints=pretrain_config.keep_checkpoints,
+            log_every=pretrain_config.log_every,
+            val_every=pretrain_config.val_every,
+        ),
+        storage=config.storage,
+    )
+    total = stage.total_steps(train.tokens_per_clip)
+    tags = {
+        "arvid.step": "pretrain-stage",
+        "arvid.stage": stage.name,
+        "arvid.tokens_uri": tokens.tokens_uri,
+        "arvid.tokens_version": tokens.tokens_version,
+        "arvid.run_dir": run_dir,
+    }
+    params = {"stage": stage.model_dump(mode="json"), "steps_total": total}
+    with tracking.tracked_run(
+        config.tracking, f"stage-{index:02d}-{stage.name}", params, tags, nested=True
+    ) as run:
+        result = _finished(run_dir, total)
+        skipped = result is not None
+        if result is None:
+            flops = (
+                flops_per_token(spec, train.tokens_per_clip) if pretrain_config.use_gpu else None
+            )
+            result = fit_stage(
+                spec,
+                pretrain_config.num_workers,
+                pretrain_config.use_gpu,
+                pretrain_config.max_failures,
+                config.ray,
+                _StageLogger(flops),
+            )
+            # The completion record: a re-run skips this stage instead of starting Ray for it.
+            storage.write_text(storage.join(run_dir, RESULT_FILE), json.dumps(asdict(result)))
+        else:
+            log.info("stage %s: already trained to step %d, skipped", stage.name, total)
+        tracking.log_metrics(
+            {
+                "final/train_bits_per_token": result.train_bits,
+                "final/val_bits_per_token": result.val_bits
+                if result.val_bits is not None
+                else float("nan"),
+                "mean_tokens_per_s": result.tokens_per_s,
+                "train_seconds": result.seconds,
+            },
+            step=result.steps,
+        )
+    return StageSummary(
+        name=stage.name,
+        resolution=stage.resolution,
+        frames=stage.frames,
+        schedule=stage.schedule,
+        steps=result.steps,
+        resumed_from_step=result.resumed_from_step,
+        skipped=skipped,
+        train_bits=result.train_bits,
+        val_bits=result.val_bits,
+        tokens_per_s=result.tokens_per_s,
+        seconds=result.seconds,
+        tokens_uri=tokens.tokens_uri,
+        tokens_version=tokens.tokens_version,
+        checkpoint=result.final_checkpoint,
+        mlflow_run_id=run.info.run_id,
+    )
+
+
+def _log_model(checkpoint: str) -> str:
+    """Attach the final checkpoint's weights and config as the run's model folder (runs:/ URI)."""
+    from models.generator.persist import CONFIG_FILE, WEIGHTS_FILE
+
+    with tempfile.TemporaryDirectory(prefix="arvid-generator-") as tmp:
+        folder = Path(tmp) / MODEL_ARTIFACT
+        folder.mkdir()
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            storage.download_file(storage.join(checkpoint, name), folder / name)
+        return registry.log_model_dir(folder, MODEL_ARTIFACT, kind="generator")
