@@ -105,6 +105,23 @@ def _tokenize(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return summary.line(), summary.model_dump(mode="json")
 
 
+def _pretrain(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.pretrain import pretrain_flow
+
+    extra = []
+    for flag, key in (
+        ("dataset", "dataset"),
+        ("tokenizer", "tokenizer"),
+        ("workers", "num_workers"),
+    ):
+        if getattr(args, flag, None) is not None:
+            extra.append(f"pretrain.{key}={getattr(args, flag)}")
+    if args.json:
+        extra.append("tokenize.progress=false")
+    summary = pretrain_flow(_load(args, extra))
+    return summary.line(), summary.model_dump(mode="json")
+
+
 def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The main job as far as it is built: data -> ingest -> tokenizer -> tokens."""
     plain = argparse.Namespace(**{**vars(args), "out": None, "count": None})
@@ -137,6 +154,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         _train_tokenizer,
     ),
     "tokenize": ("tokenize a dataset version with a registered tokenizer on Ray", _tokenize),
+    "pretrain": (
+        "train the generator stage by stage on Ray Train and register it in MLflow",
+        _pretrain,
+    ),
     "demo": ("run the main job on the embedded default config", _demo),
 }
 
@@ -182,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument("--resolution", type=int, help="square side in pixels")
             cmd.add_argument("--frames", type=int, help="frames per clip (1 + 4n)")
+        if name == "pretrain":
+            cmd.add_argument("--dataset", help="<output_root>/<name>[@version] (pretrain.dataset)")
+            cmd.add_argument(
+                "--tokenizer", help="models:/name@alias, models:/name/N, runs:/id/path or a folder"
+            )
+            cmd.add_argument("--workers", type=int, help="Ray Train workers (pretrain.num_workers)")
         if name == "ingest":
             cmd.add_argument(
                 "--source", help="folder, s3:// prefix, .jsonl/.csv manifest or shard folder"

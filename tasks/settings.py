@@ -6,6 +6,7 @@ from pydantic import Field
 
 from tasks.config import StrictModel
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
+from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.ray_runtime import RayConfig
 from tasks.storage import StorageSettings
 from tasks.tokenize.config import TokenizeConfig
@@ -26,3 +27,8 @@ class ArvidConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     tokenizer_training: TokenizerTrainingConfig = Field(default_factory=TokenizerTrainingConfig)
+    pretrain: PretrainConfig = Field(
+        default_factory=lambda: PretrainConfig(
+            stages=[StageConfig(name="base", resolution=64, frames=17, steps=100)]
+        )
+    )
