@@ -180,9 +180,13 @@ def make_token_shards(root: Path, videos: int, tokenizer_ref: str | None) -> tup
         tokenizer_ref = str(root / "tokenizer")
     config.tokenize.tokenizer = tokenizer_ref
     summary = tokenize_dataset(config)
-    from tasks.registry import download_model_dir
+    import tempfile
 
-    tok_cfg = json.loads((download_model_dir(tokenizer_ref) / "config.json").read_text())
+    from tasks.registry import resolve_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = resolve_model(tokenizer_ref, Path(tmp))
+        tok_cfg = json.loads((model.directory / "config.json").read_text())
     clips = []
     for shard in sorted(Path(summary.tokens_uri, "shards").glob("*.tar")):
         clips.extend(read_token_shard(str(shard)))

@@ -87,6 +87,47 @@ class TokenizerConfig(BaseModel):
         """Channel width of each resolution level."""
         return [self.base_channels * m for m in self.channel_multipliers]
 
+    # The clip-shape rule, written once: T = 1 + temporal_factor * n frames (the first frame
+    # stands alone), height and width multiples of spatial_factor.
+    def frames_fit(self, frames: int) -> bool:
+        """True when a clip of `frames` frames can be encoded (frames = 1 + temporal_factor * n)."""
+        return frames >= 1 and (frames - 1) % self.temporal_factor == 0
+
+    def side_fits(self, size: int) -> bool:
+        """True when a height or width of `size` pixels can be encoded (a multiple of spatial_factor)."""
+        return size >= self.spatial_factor and size % self.spatial_factor == 0
+
+    def frames_near(self, frames: int) -> str:
+        """Valid frame counts just below and above `frames`, for error messages ("13 or 17")."""
+        return _nearby(frames - 1, self.temporal_factor, 1)
+
+    def sides_near(self, size: int) -> str:
+        """Valid heights/widths just below and above `size`, for error messages ("56 or 64")."""
+        return _nearby(size, self.spatial_factor, 0)
+
+    def check_clip_shape(self, frames: int, height: int, width: int) -> None:
+        """Raise ValueError naming the size and the rule if a T x H x W clip cannot be encoded."""
+        if not self.frames_fit(frames):
+            raise ValueError(
+                f"T={frames} frames: the tokenizer needs T = 1 + {self.temporal_factor}n "
+                f"(e.g. {self.frames_near(frames)})"
+            )
+        for name, size in (("H", height), ("W", width)):
+            if not self.side_fits(size):
+                raise ValueError(
+                    f"{name}={size}: the tokenizer needs {name} divisible by "
+                    f"{self.spatial_factor} (e.g. {self.sides_near(size)})"
+                )
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latent grid of a T x H x W clip; ValueError if it cannot be encoded."""
+        self.check_clip_shape(frames, height, width)
+        return (
+            1 + (frames - 1) // self.temporal_factor,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
+
     def make_quantizer(self) -> FSQ | MultiScaleFSQ:
         """The weightless quantizer this config describes; the generator builds it without the
         tokenizer's weights (move it with .to(device): its constants are buffers)."""
@@ -157,25 +198,11 @@ class VideoTokenizer(nn.Module):
 
     def check_input_shape(self, frames: int, height: int, width: int) -> None:
         """Raise ValueError naming the size and the rule if a T x H x W clip cannot be encoded."""
-        tf, sf = self.temporal_factor, self.spatial_factor
-        if frames < 1 or (frames - 1) % tf:
-            raise ValueError(
-                f"T={frames} frames: the tokenizer needs T = 1 + {tf}n (e.g. {_nearby(frames - 1, tf, 1)})"
-            )
-        for name, size in (("H", height), ("W", width)):
-            if size < sf or size % sf:
-                raise ValueError(
-                    f"{name}={size}: the tokenizer needs {name} divisible by {sf} (e.g. {_nearby(size, sf, 0)})"
-                )
+        self.config.check_clip_shape(frames, height, width)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(t, h, w) of the latent grid for a T x H x W clip."""
-        self.check_input_shape(frames, height, width)
-        return (
-            1 + (frames - 1) // self.temporal_factor,
-            height // self.spatial_factor,
-            width // self.spatial_factor,
-        )
+        return self.config.latent_shape(frames, height, width)
 
     def scale_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h_k, w_k) per scale for an h x w latent frame (one entry for single-scale)."""

@@ -11,9 +11,7 @@ from pydantic import BaseModel
 
 from models.tokenizer import TokenizerConfig, VideoTokenizer, load_tokenizer_from_dir
 from tasks.config import config_hash
-from tasks.registry import download_model_dir, pin_version
-
-MODEL_FILES = ("config.json", "model.safetensors")
+from tasks.registry import CONFIG_FILE, MODEL_FILES, WEIGHTS_FILE, ResolvedModel, resolve_model
 
 
 class TokenizerRecord(BaseModel):
@@ -42,39 +40,38 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
 
 
+def _label(model: ResolvedModel, weights_sha256: str) -> str:
+    """The <tokenizer-version> folder name: registry version, run, or the weights' hash."""
+    if model.source == "registry":
+        return f"{_slug(model.name or '')}-v{model.version}"
+    if model.source == "run":
+        artifact = model.pinned[len("runs:/") :].partition("/")[2]
+        return f"run-{_slug(model.run_id or '')}" + (f"-{_slug(artifact)}" if artifact else "")
+    return f"local-{weights_sha256[:12]}"
+
+
+def read_tokenizer_config(model_dir: Path) -> TokenizerConfig:
+    """The architecture of the tokenizer saved in `model_dir` (its config.json)."""
+    return TokenizerConfig.model_validate_json((model_dir / CONFIG_FILE).read_text())
+
+
 def resolve_tokenizer(reference: str, destination: Path) -> tuple[TokenizerRecord, Path]:
     """Download the tokenizer named by `reference` into `destination`; returns its record and folder.
 
-    Raises FileNotFoundError naming the reference when it does not exist.
+    Takes every form `tasks.registry.resolve_model` does (models:/ alias, version or latest,
+    runs:/, a local folder, an s3:// folder). Raises FileNotFoundError naming the reference when
+    it does not exist, ModelKindError when it names another kind of arvid model.
     """
-    name: str | None = None
-    version: str | None = None
-    run_id: str | None = None
-    pinned = reference
-    label = ""
-    if reference.startswith("models:/"):
-        name, version, run_id = pin_version(reference)
-        # Download by number, not alias: an alias that moves mid-run must not change the tokens.
-        pinned = f"models:/{name}/{version}"
-        label = f"{_slug(name)}-v{version}"
-    elif reference.startswith("runs:/"):
-        run_id, _, artifact = reference[len("runs:/") :].partition("/")
-        label = f"run-{_slug(run_id)}" + (f"-{_slug(artifact)}" if artifact else "")
-    model_dir = download_model_dir(pinned, destination)
-    missing = [f for f in MODEL_FILES if not (model_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{reference}: the model folder holds no {', '.join(missing)}")
-    config = TokenizerConfig.model_validate_json((model_dir / "config.json").read_text())
-    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-    if not reference.startswith(("models:/", "runs:/")):
-        label = f"local-{weights[:12]}"
+    model = resolve_model(reference, destination, kind="tokenizer")
+    config = read_tokenizer_config(model.directory)
+    weights = hashlib.sha256((model.directory / WEIGHTS_FILE).read_bytes()).hexdigest()
     record = TokenizerRecord(
         reference=reference,
-        pinned=pinned,
-        name=name,
-        version=version,
-        run_id=run_id,
-        label=label,
+        pinned=model.pinned,
+        name=model.name,
+        version=model.version,
+        run_id=model.run_id,
+        label=_label(model, weights),
         config_hash=config_hash(config),
         weights_sha256=weights,
         scales=config.scales,
@@ -82,7 +79,7 @@ def resolve_tokenizer(reference: str, destination: Path) -> tuple[TokenizerRecor
         temporal_factor=config.temporal_factor,
         spatial_factor=config.spatial_factor,
     )
-    return record, model_dir
+    return record, model.directory
 
 
 def read_model_files(model_dir: Path) -> dict[str, bytes]:

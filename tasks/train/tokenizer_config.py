@@ -102,16 +102,23 @@ class TokenizerTrainingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerTrainingConfig:
-        tf, sf = self.model.temporal_factor, self.model.spatial_factor
-        if (self.frames - 1) % tf:
-            raise ValueError(f"frames={self.frames}: the tokenizer needs frames = 1 + {tf}n")
-        if self.resolution % sf:
+        model = self.model
+        if not model.frames_fit(self.frames):
             raise ValueError(
-                f"resolution={self.resolution}: the tokenizer needs a multiple of {sf}"
+                f"frames={self.frames}: the tokenizer needs frames = 1 + {model.temporal_factor}n "
+                f"(e.g. {model.frames_near(self.frames)})"
             )
-        if self.crop is not None and (self.crop % sf or self.crop > self.resolution):
+        if not model.side_fits(self.resolution):
             raise ValueError(
-                f"crop={self.crop}: must be a multiple of {sf} and at most resolution={self.resolution}"
+                f"resolution={self.resolution}: the tokenizer needs a multiple of "
+                f"{model.spatial_factor} (e.g. {model.sides_near(self.resolution)})"
+            )
+        if self.crop is not None and (
+            not model.side_fits(self.crop) or self.crop > self.resolution
+        ):
+            raise ValueError(
+                f"crop={self.crop}: must be a multiple of {model.spatial_factor} and at most "
+                f"resolution={self.resolution}"
             )
         return self
 

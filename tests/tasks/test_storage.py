@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -78,33 +79,75 @@ def test_write_publishes_atomically_and_leaves_no_temp_names(
     assert not any(".tmp-" in n for n in names)
 
 
+@dataclass
+class _Overlap:
+    """Reads that began while a write was in flight, by what they returned."""
+
+    old: int = 0  # the content before the write: the unfinished write was invisible
+    new: int = 0  # the written content, whole, before the writer had even returned
+    reads: int = 0
+
+
 def test_reader_never_sees_a_partial_object(root: str) -> None:
+    """Readers racing a writer see whole objects only, and both sides of an overlapping write.
+
+    The writer publishes version after version back to back; readers classify each read that
+    began while version v was being written: it returned v-1 (old) or v (new), anything else
+    fails. The test runs until both were seen (bounded in time), so it cannot pass without reads
+    that really overlapped writes.
+    """
     uri = storage.join(root, "hot.bin")
-    versions = 8
-    nbytes = 2 * MIB
-    done = threading.Event()
+    nbytes = MIB // 2
+    storage.write_bytes(uri, _versioned(0, nbytes))
+    lock = threading.Lock()
+    started = [0]  # the last version whose write began
+    in_flight = [False]  # whether that write is still running
+    overlap = _Overlap()
+    stop = threading.Event()
 
     def writer() -> None:
-        try:
-            for version in range(1, versions + 1):
-                storage.write_bytes(uri, bytes([version]) * nbytes)
-        finally:
-            done.set()
+        while not stop.is_set():
+            with lock:
+                started[0] += 1
+                in_flight[0] = True
+            storage.write_bytes(uri, _versioned(started[0], nbytes))
+            with lock:
+                in_flight[0] = False
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    seen: set[int] = set()
-    while not done.is_set():
-        try:
-            data = storage.read_bytes(uri)
-        except ObjectNotFound:
-            continue
-        assert len(data) == nbytes
-        assert data.count(data[:1]) == nbytes, "a read mixed two versions"
-        seen.add(data[0])
-    thread.join()
-    assert storage.read_bytes(uri) == bytes([versions]) * nbytes
-    assert seen <= set(range(1, versions + 1))
+    def reader() -> None:
+        while not stop.is_set():
+            with lock:
+                writing = started[0] if in_flight[0] else None
+                floor = started[0] - 1 if in_flight[0] else started[0]
+            data = storage.read_bytes(uri)  # never missing: version 0 was published first
+            version = int.from_bytes(data[:4], "big")
+            assert data == _versioned(version, nbytes), "a read mixed two versions"
+            with lock:
+                ceiling = started[0]
+            assert floor <= version <= ceiling, f"read version {version}, not {floor}..{ceiling}"
+            if writing is None or version > writing:
+                continue  # began between writes, or later writes landed during the read
+            with lock:
+                overlap.reads += 1
+                if version == writing:
+                    overlap.new += 1
+                else:
+                    overlap.old += 1
+                if overlap.old and overlap.new:
+                    stop.set()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(writer), pool.submit(reader), pool.submit(reader)]
+        stop.wait(timeout=60)
+        stop.set()
+        for future in futures:
+            future.result()
+    assert overlap.old and overlap.new, f"readers never saw both sides of a write: {overlap}"
+
+
+def _versioned(version: int, nbytes: int) -> bytes:
+    """A payload whose every 4-byte word is the version: a mix of two versions shows."""
+    return version.to_bytes(4, "big") * (nbytes // 4)
 
 
 def test_list_prefix_returns_sorted_full_uris_without_temp_names(

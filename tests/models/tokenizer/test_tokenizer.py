@@ -214,3 +214,16 @@ def test_both_paths_stay_causal_with_and_without_shortcuts(shortcuts):
         assert torch.allclose(prefix.continuous, full.continuous[:, :, : 1 + k], atol=1e-5)
         decoded = tokenizer.decode(full.quantized[:, :, : 1 + k])
         assert torch.allclose(decoded, frames[:, :, : 1 + 4 * k], atol=1e-5)
+
+
+def test_the_config_alone_knows_the_clip_shape_rule():
+    config = TokenizerConfig(temporal_factor=2, spatial_factor=16, channel_multipliers=[1] * 5)
+    assert config.latent_shape(7, 32, 64) == (4, 2, 4)
+    assert config.frames_fit(9) and not config.frames_fit(8) and not config.frames_fit(0)
+    assert config.side_fits(48) and not config.side_fits(40) and not config.side_fits(0)
+    with pytest.raises(
+        ValueError, match=r"^T=8 frames: the tokenizer needs T = 1 \+ 2n \(e.g. 7 or 9\)$"
+    ):
+        config.check_clip_shape(8, 32, 32)
+    with pytest.raises(ValueError, match=r"^W=40: .* divisible by 16 \(e.g. 32 or 48\)$"):
+        config.latent_shape(9, 32, 40)
