@@ -254,14 +254,18 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         "arvid.run_dir": run_root,
     }
     params = {"pretrain": pretrain_config.model_dump(mode="json"), "classes": classes}
+    # Tokens first, each tokenization its own MLflow run (and a no-op when already published).
+    tokens = [
+        _tokens_for(config, stage, dataset_uri, record.pinned) for stage in pretrain_config.stages
+    ]
     summaries: list[StageSummary] = []
     with tracking.tracked_run(config.tracking, f"pretrain-{dataset.name}", params, tags) as parent:
         init_from: str | None = None
         for index, stage in enumerate(pretrain_config.stages):
-            tokens = _tokens_for(config, stage, dataset_uri, record.pinned)
             summary = _run_stage(
-                config, index, stage, tokens, model_config, tokenizer, classes, run_root, init_from
-            )
+                config, index, stage, tokens[index], model_config, tokenizer, classes, run_root,
+                init_from,
+            )  # fmt: skip
             summaries.append(summary)
             init_from = summary.checkpoint
         last = summaries[-1]
