@@ -166,7 +166,8 @@ def _tokens_for(
     return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
 
 
-def _videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
+def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
+    """The VideoAR layout of a next-scale stage: the tokenizer's pyramid at the stage's grid."""
     from models.generator.videoar import VideoARConfig
 
     side = stage.resolution // tokenizer.spatial_factor
@@ -316,7 +317,7 @@ def _run_stage(
     null_class = model_config.num_classes
     train = load_token_clips(token_data, train_shards, classes, null_class)
     val = load_token_clips(token_data, val_shards, classes, null_class) if val_shards else None
-    videoar = _videoar_config(tokenizer, stage) if stage.schedule == "next_scale" else None
+    videoar = videoar_config(tokenizer, stage) if stage.schedule == "next_scale" else None
     run_dir = storage.join(run_root, f"{index:02d}-{stage.name}")
     spec = StageSpec(
         stage=stage,
