@@ -111,9 +111,7 @@ def main() -> None:
     spec = StageSpec(
         stage=stage,
         model=GeneratorConfig.model_validate(read_generator_config(model_dir)["generator"]),
-        videoar=videoar_config(tokenizer.config, stage)
-        if stage.schedule == "next_scale"
-        else None,
+        videoar=videoar_config(tokenizer.config, stage) if stage.schedule == "next_scale" else None,
         train=train,
         val=None,
         run_dir=str(root / "throughput"),
