@@ -100,9 +100,12 @@ def record_results(summary: TokenizeSummary) -> None:
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("manifest.jsonl", "tokenizer.json", "tokens.json"):
-            local = Path(tmp) / name
-            local.write_text(storage.read_text(storage.join(summary.tokens_uri, name)))
+        side_files = [
+            storage.join(summary.tokens_uri, n) for n in ("tokenizer.json", "tokens.json")
+        ]
+        for uri in (summary.manifest, *side_files):
+            local = Path(tmp) / uri.rsplit("/", 1)[-1]
+            local.write_text(storage.read_text(uri))
             tracking.log_artifact(local, "tokens")
         summary_file = Path(tmp) / "summary.json"
         summary_file.write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
