@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from tasks import storage
+from tasks.data.tar import ShardReadError, read_samples
 from tasks.ingest.quarantine import QuarantineRecord, Reason
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -159,16 +159,11 @@ def _shard_members(
     target = staging_dir / shard_name.replace(".tar", "")
     target.mkdir(parents=True, exist_ok=True)
     try:
-        with (
-            storage.open_read(shard_uri) as stream,
-            tarfile.open(fileobj=stream, mode="r|*") as tar,
-        ):
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = PurePosixPath(member.name).name
-                key, _, ext = name.partition(".")
-                data = tar.extractfile(member).read()
+        for sample_key, members in read_samples(shard_uri):
+            # Staged and keyed by basename, as video2dataset names its members.
+            key = PurePosixPath(sample_key).name
+            for ext, data in members.items():
+                name = f"{key}.{ext}"
                 if _is_video(name):
                     local = target / name
                     local.write_bytes(data)
@@ -178,12 +173,13 @@ def _shard_members(
                         sidecars[key] = json.loads(data)
                     except json.JSONDecodeError:
                         sidecars[key] = {}
-    except (tarfile.TarError, OSError, storage.StorageError) as exc:
+    except OSError as exc:  # ShardReadError, storage errors, staging writes
+        detail = str(exc) if isinstance(exc, ShardReadError) else f"{type(exc).__name__}: {exc}"
         quarantine.append(
             QuarantineRecord(
                 input=shard_name,
                 reason_code=Reason.READ_ERROR,
-                reason=f"webdataset shard cannot be read ({type(exc).__name__}: {exc})",
+                reason=f"webdataset shard cannot be read ({detail})",
                 stage="discover",
             )
         )

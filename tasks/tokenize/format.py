@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tasks import storage
-from tasks.data.tar import deterministic_tar
+from tasks.data.tar import deterministic_tar, read_samples
 
 FORMAT_VERSION = 1
 
@@ -94,17 +92,5 @@ def _clip_from_members(key: str, members: dict[str, bytes]) -> TokenizedClip:
 
 def read_token_shard(uri: str) -> Iterator[TokenizedClip]:
     """Every clip of one token shard, in shard order (streamed, local or S3)."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    with storage.open_read(uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name_key, _, ext = member.name.partition(".")
-            if key is not None and name_key != key:
-                yield _clip_from_members(key, members)
-                members = {}
-            key = name_key
-            members[ext] = tar.extractfile(member).read()
-    if key is not None:
+    for key, members in read_samples(uri):
         yield _clip_from_members(key, members)

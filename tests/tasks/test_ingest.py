@@ -15,10 +15,11 @@ import pytest
 import webdataset as wds
 
 from tasks import storage
+from tasks.data.manifest import read_manifest
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ingest.decode import clip_key, clip_spans, resample_indices
 from tasks.ingest.quarantine import Reason
-from tasks.ingest.run import ingest_dataset, read_manifest
+from tasks.ingest.run import ingest_dataset
 from tasks.ingest.synthetic import make_synthetic_dataset
 from tests.support.bad_inputs import write_all_bad_inputs, write_good_video
 
