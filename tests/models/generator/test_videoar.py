@@ -355,6 +355,20 @@ def test_long_context_bounds_the_context_and_decoding_matches_the_masked_forward
     torch.testing.assert_close(sample.logits, full, atol=1e-4, rtol=0)
 
 
+def test_long_context_decoding_after_more_given_frames_than_the_window_fits_its_cache() -> None:
+    # The first forward prefills every given frame before anything can be evicted: the cache
+    # must hold them, then shrink back to the window's bound.
+    model = make_model(long_context=LongContextConfig(window=1, keep_scales=1))
+    labels = torch.tensor([2])
+    context = [x[:, :3] for x in random_indices(model, 1, 3, seed=6)]
+    sample = generate_videoar(model, 5, labels, context=context, return_logits=True)
+    assert sample.steps == 2 * len(SCALES)
+    with torch.no_grad():
+        full, _ = model(sample.indices, labels, perturb=False)
+    skip = 3 * model.tokens_per_frame
+    torch.testing.assert_close(sample.logits[:, skip:], full[:, skip:], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("mode", ["infinity", "legacy"])
 def test_training_with_perturbations_lowers_the_clean_loss(mode) -> None:
     ec = ErrorCorrectionConfig(enabled=True, mode=mode, max_strength=0.2)
