@@ -399,3 +399,16 @@ def test_mismatched_vocab_or_scales_fail_clearly() -> None:
     model = make_model()
     with pytest.raises(ValueError, match="2 scales"):
         model.flatten(random_indices(model, 1, 1)[:2])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_full_context_forward_agrees_between_flex_block_mask_and_dense_mask() -> None:
+    # The GPU path (FlexAttention) must read the context positions and the long-context
+    # visibility as the CPU path does.
+    model = make_model(frame_context="full", long_context=LongContextConfig(window=1))
+    indices = random_indices(model, 2, 4)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        dense, _ = model(indices, labels, perturb=False, backend="sdpa")
+        flex, _ = model(indices, labels, perturb=False, backend="flex")
+    torch.testing.assert_close(flex, dense, atol=1e-4, rtol=0)
