@@ -245,6 +245,7 @@ class Generator(nn.Module):
         logits_from: int = 0,
         visibility: torch.Tensor | None = None,
         backend: Backend = "auto",
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L - logits_from, V) for L predicting positions starting at ``start``.
 
@@ -258,6 +259,9 @@ class Generator(nn.Module):
         visibility: optional (B or 1, L, K) bool over predicting positions, False hiding key k
         from query l on top of the group-causal rule (frame masks, bounded context); K = L
         without a cache, else the predicting rows in the cache once this chunk is written.
+        logits_at: optional (M,) long positions of the chunk whose logits are wanted (instead of
+        ``logits_from``): positions that only feed others (e.g. context with no target) skip the
+        costly head. Logits are then (B, M, V).
         """
         x = inputs if inputs.is_floating_point() else self.input_embedding(inputs)  # (B, L, C)
         B, L, _ = x.shape
@@ -293,7 +297,9 @@ class Generator(nn.Module):
             x = block(x, rope, mask, cache, layer, offset)
         if cache is not None:
             cache.commit(offset + x.shape[1])
-        x = self.norm(x[:, prefix + logits_from :])  # the head is the costly part: skip unused rows
+        x = x[:, prefix:]
+        x = x[:, logits_from:] if logits_at is None else x[:, logits_at.to(x.device)]
+        x = self.norm(x)  # the head is the costly part: skip unused rows
         return self.project_to_vocab(x)  # (B, L - logits_from, V)
 
     def project_to_vocab(self, x: torch.Tensor) -> torch.Tensor:
