@@ -75,6 +75,15 @@ class StageConfig(StrictModel):
                 )
         return self
 
+    @property
+    def needs_latents(self) -> bool:
+        """True when training re-quantizes from the tokenizer's continuous latents (Infinity-style
+        error correction), so its tokens must be stored with them."""
+        correction = self.error_correction
+        return (
+            self.schedule == "next_scale" and correction.enabled and correction.mode == "infinity"
+        )
+
     def schedule_config(self) -> ScheduleConfig:
         """The token schedule of a single-scale stage."""
         if self.schedule == "next_scale":

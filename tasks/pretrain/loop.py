@@ -56,7 +56,7 @@ class StageSpec:
 
     stage: StageConfig
     model: GeneratorConfig  # vocab_size and num_classes already set
-    videoar: VideoARConfig | None  # set for next_scale stages
+    videoar: VideoARConfig | None  # the token layout of next_scale stages (switches: the stage's)
     train: TokenClips
     val: TokenClips | None
     run_dir: str  # this stage's checkpoints
@@ -152,12 +152,30 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
+@dataclass
+class Batch:
+    """One worker's clips of a step: ids per scale (B, t, h_k, w_k), class ids, latents if any."""
+
+    scales: list[torch.Tensor]
+    labels: torch.Tensor
+    continuous: torch.Tensor | None  # (B, D, t, h, w): VideoAR's error correction needs it
+
+
 class StageModel:
     """The trained module, its schedule and how a batch of clip numbers becomes a loss."""
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
-        self.module = build_generator(spec.model, spec.videoar)
+        videoar = spec.videoar
+        if videoar is not None:  # the stage's switches win: one place says what training does
+            videoar = videoar.model_copy(
+                update={
+                    "error_correction": spec.stage.error_correction,
+                    "frame_mask": spec.stage.frame_mask,
+                    "long_context": spec.stage.long_context,
+                }
+            )
+        self.module = build_generator(spec.model, videoar)
         generator, _ = unwrap_generator(self.module)
         self.generator: Generator = generator
         self.schedule: Schedule | None = None
@@ -166,26 +184,28 @@ class StageModel:
             self.schedule = build_schedule(spec.stage.schedule_config(), (t, h, w))
             self.schedule.check_learned_inputs(spec.model.max_learned_inputs)
 
-    def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> tuple:
-        """(per-scale index tensors, labels) of the given clip numbers, on `device`."""
-        scales = [torch.from_numpy(a[rows]).to(device) for a in clips.scales]
-        return scales, torch.from_numpy(clips.labels[rows]).to(device)
+    def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> Batch:
+        """The given clip numbers as tensors on `device`."""
+        continuous = None
+        if clips.continuous is not None:
+            continuous = torch.from_numpy(clips.continuous[rows]).to(device)
+        return Batch(
+            scales=[torch.from_numpy(a[rows]).to(device) for a in clips.scales],
+            labels=torch.from_numpy(clips.labels[rows]).to(device),
+            continuous=continuous,
+        )
 
-    def loss(
-        self,
-        wrapped: nn.Module,
-        scales: list[torch.Tensor],
-        labels: torch.Tensor,
-        perturb: bool,
-    ) -> torch.Tensor:
+    def loss(self, wrapped: nn.Module, batch: Batch, perturb: bool) -> torch.Tensor:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
         if isinstance(self.module, VideoAR):
-            logits, targets = wrapped(scales, labels, perturb=perturb)
+            logits, targets = wrapped(
+                batch.scales, batch.labels, continuous=batch.continuous, perturb=perturb
+            )
         else:
-            schedule = self.schedule.to(scales[0].device)
-            targets = schedule.tokens_to_sequence(scales[0])  # (B, N)
+            schedule = self.schedule.to(batch.labels.device)
+            targets = schedule.tokens_to_sequence(batch.scales[0])  # (B, N)
             inputs = schedule.input_ids(targets, self.generator.config.vocab_size)
-            logits = wrapped(inputs, schedule.coords, schedule.group, labels)
+            logits = wrapped(inputs, schedule.coords, schedule.group, batch.labels)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
@@ -199,8 +219,7 @@ def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_s
     try:
         for start in range(0, len(clips), batch_size):
             rows = np.arange(start, min(start + batch_size, len(clips)))
-            scales, labels = model.batch(clips, rows, device)
-            nats = model.loss(module, scales, labels, perturb=False)
+            nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
             total += float(nats) * len(rows)
             count += len(rows)
     finally:
@@ -257,11 +276,9 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         torch.manual_seed(step_seed(spec.seed, step, worker.rank))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(spec.stage, step, total)
-        scales, labels = model.batch(
-            spec.train, plan.worker_batch(step, worker.rank), worker.device
-        )
+        batch = model.batch(spec.train, plan.worker_batch(step, worker.rank), worker.device)
         with autocast:
-            loss = model.loss(wrapped, scales, labels, perturb=True)
+            loss = model.loss(wrapped, batch, perturb=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = spec.stage.grad_clip if spec.stage.grad_clip is not None else float("inf")

@@ -39,7 +39,8 @@ from tasks.pretrain.loop import (
 )
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
 from tasks.settings import ArvidConfig
-from tasks.tokenize.run import TokenizeSummary, tokenize_dataset
+from tasks.tokenize.report import TokenizeSummary
+from tasks.tokenize.run import tokenize_dataset
 from tasks.tokenize.tokenizer_ref import TokenizerRecord, resolve_tokenizer
 
 log = logging.getLogger("arvid.pretrain")
@@ -161,6 +162,7 @@ def _tokens_for(
             "tokenizer": tokenizer,
             "resolution": stage.resolution,
             "frames": stage.frames,
+            "latents": stage.needs_latents,
         }
     )
     return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
@@ -177,9 +179,6 @@ def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
         scale_gains=tokenizer.scale_gains,
         upsample_mode=tokenizer.upsample_mode,
         latent_hw=(side, side),
-        error_correction=stage.error_correction,
-        frame_mask=stage.frame_mask,
-        long_context=stage.long_context,
     )
 
 

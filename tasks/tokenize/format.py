@@ -6,6 +6,8 @@ One clip is a group of tar members sharing the clip's key (keys never contain do
                             "token_shapes": [[t, h_k, w_k], ...], one entry per scale
     <key>.tokens.npy        single-scale tokenizer: indices (t, h, w)
     <key>.tokens.<k>.npy    multi-scale tokenizer: indices of scale k (t, h_k, w_k), k = 0 coarsest
+    <key>.latent.npy        optional (tokenize.latents): the continuous pre-quantization latent
+                            (D, t, h, w) float32, which VideoAR's error correction re-quantizes
 
 Indices are plain .npy (never pickled: read with allow_pickle=False) in the smallest unsigned
 dtype that holds the vocabulary (uint16 for FSQ 8,8,8,5,5,5); webdataset's default decoders read
@@ -36,6 +38,7 @@ class TokenizedClip:
     metadata: dict[str, Any]
     indices: list[np.ndarray]
     multiscale: bool
+    continuous: np.ndarray | None = None  # (D, t, h, w) float32, when tokenized with latents
 
     @property
     def token_shapes(self) -> list[list[int]]:
@@ -71,6 +74,8 @@ def _clip_members(clip: TokenizedClip) -> Iterable[tuple[str, bytes]]:
             yield f"{clip.key}.tokens.{k}.npy", _npy(array)
     else:
         yield f"{clip.key}.tokens.npy", _npy(clip.indices[0])
+    if clip.continuous is not None:
+        yield f"{clip.key}.latent.npy", _npy(clip.continuous.astype(np.float32))
 
 
 def token_shard_bytes(clips: Iterable[TokenizedClip]) -> bytes:
@@ -87,7 +92,11 @@ def _clip_from_members(key: str, members: dict[str, bytes]) -> TokenizedClip:
         count = len(metadata["token_shapes"])
         arrays, multiscale = [members.pop(f"tokens.{k}.npy") for k in range(count)], True
     indices = [np.load(io.BytesIO(data), allow_pickle=False) for data in arrays]
-    return TokenizedClip(key=key, metadata=metadata, indices=indices, multiscale=multiscale)
+    latent = members.pop("latent.npy", None)
+    continuous = None if latent is None else np.load(io.BytesIO(latent), allow_pickle=False)
+    return TokenizedClip(
+        key=key, metadata=metadata, indices=indices, multiscale=multiscale, continuous=continuous
+    )
 
 
 def read_token_shard(uri: str) -> Iterator[TokenizedClip]:

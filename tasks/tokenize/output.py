@@ -70,15 +70,25 @@ class TokensCommit:
 
 
 def tokens_uri(
-    tokens_root: str, dataset_version: str, tokenizer_label: str, resolution: int, frames: int
+    tokens_root: str,
+    dataset_version: str,
+    tokenizer_label: str,
+    resolution: int,
+    frames: int,
+    latents: bool = False,
 ) -> str:
-    """<tokens_root>/<dataset-version>/<tokenizer-version>/<resolution>x<frames>."""
-    return storage.join(tokens_root, dataset_version, tokenizer_label, f"{resolution}x{frames}")
+    """<tokens_root>/<dataset-version>/<tokenizer-version>/<resolution>x<frames>[+latent]."""
+    shape = f"{resolution}x{frames}" + ("+latent" if latents else "")
+    return storage.join(tokens_root, dataset_version, tokenizer_label, shape)
 
 
-def output_digest(tokenizer: TokenizerRecord, resolution: int, frames: int) -> str:
+def output_digest(
+    tokenizer: TokenizerRecord, resolution: int, frames: int, latents: bool = False
+) -> str:
     """Hash of everything that shapes the tokens; records made otherwise are not reused."""
     identity = f"{FORMAT_VERSION}:{tokenizer.digest}:{resolution}:{frames}:center-crop"
+    if latents:
+        identity += ":latents"
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -178,6 +188,7 @@ def commit_tokens(
         "tokenizer": persisted,
         "resolution": tc.resolution,
         "frames": tc.frames,
+        "latents": tc.latents,
         "token_shapes": shapes,
         "clips": len(rows),
         "shards": sorted(r.shard for r in records.values() if r.shard),

@@ -80,9 +80,14 @@ def tokenize_dataset(
         _check_clip_lengths(dataset, tc.frames)
         files = read_model_files(model_dir)
     out = tokens_uri(
-        storage.absolute(tc.tokens_root), dataset.version, record.label, tc.resolution, tc.frames
+        storage.absolute(tc.tokens_root),
+        dataset.version,
+        record.label,
+        tc.resolution,
+        tc.frames,
+        tc.latents,
     )
-    output = token_output(out, output_digest(record, tc.resolution, tc.frames))
+    output = token_output(out, output_digest(record, tc.resolution, tc.frames, tc.latents))
     done = load_complete_records(output, dataset)
     plans = plan_shards(dataset, done, tc.batch_size)
     log.info(
@@ -156,7 +161,7 @@ def _tokenize_shards(
 
         def on_shard(plan: ShardPlan, batches: list[EncodedBatch]) -> None:
             nonlocal shards_done
-            publish_shard(output, plan, _clips(batches))
+            publish_shard(output, plan, _clips(batches, tc.latents))
             shards_done += 1
             progress.set_postfix(shards=f"{shards_done}/{len(plans)}", refresh=False)
 
@@ -171,11 +176,19 @@ def _tokenize_shards(
     return stats
 
 
-def _clips(batches: list[EncodedBatch]) -> list[TokenizedClip]:
+def _clips(batches: list[EncodedBatch], latents: bool) -> list[TokenizedClip]:
     return [
-        TokenizedClip(key=key, metadata=metadata, indices=indices, multiscale=batch.multiscale)
+        TokenizedClip(
+            key=key,
+            metadata=metadata,
+            indices=indices,
+            multiscale=batch.multiscale,
+            continuous=continuous if latents else None,
+        )
         for batch in batches
-        for key, metadata, indices in zip(batch.keys, batch.metadata, batch.indices, strict=True)
+        for key, metadata, indices, continuous in zip(
+            batch.keys, batch.metadata, batch.indices, batch.continuous, strict=True
+        )
     ]
 
 

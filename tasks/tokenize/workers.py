@@ -41,6 +41,7 @@ class EncodedBatch:
     metadata: list[dict[str, Any]]
     indices: list[list[np.ndarray]]
     multiscale: bool
+    continuous: list[np.ndarray]  # clip i's (D, t, h, w) float32 pre-quantization latent
     encode_seconds: float
     actor_pid: int
 
@@ -125,11 +126,13 @@ class TokenizerWorker:
         scales = encoding.indices if multiscale else [encoding.indices]
         arrays = [s.cpu().numpy().astype(self.dtype) for s in scales]  # each (n, t, h_k, w_k)
         indices = [[a[i] for a in arrays] for i in range(len(batch.keys))]
+        latent = encoding.continuous.float().cpu().numpy()  # (n, D, t, h, w)
         return EncodedBatch(
             keys=batch.keys,
             metadata=batch.metadata,
             indices=indices,
             multiscale=multiscale,
+            continuous=list(latent),
             encode_seconds=time.perf_counter() - started,
             actor_pid=os.getpid(),
         )

@@ -101,7 +101,7 @@ def test_a_second_stage_on_a_larger_grid_starts_from_the_first_stage(tmp_path):
 
 def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(tmp_path):
     scales = [1, 2, 4]
-    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB)
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
     videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
     stage = StageConfig(
         name="vs", resolution=32, frames=9, schedule="next_scale", steps=30, batch_size=4, lr=3e-3,
@@ -115,3 +115,20 @@ def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(t
     assert losses[-1] < losses[0]
     model = load_generator_from_dir(result.final_checkpoint)
     assert isinstance(model, VideoAR)
+    assert (
+        model.config.error_correction.enabled and model.config.error_correction.mode == "infinity"
+    )
+    assert model.config.frame_mask.prob == 0.5
+    assert spec.train.continuous is not None  # the latents the corrections re-quantize from
+
+
+def test_infinity_error_correction_without_stored_latents_fails_naming_the_remedy(tmp_path):
+    scales = [1, 2, 4]
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB)  # no latents
+    stage = StageConfig(
+        name="vs", resolution=32, frames=9, schedule="next_scale", steps=1, batch_size=4,
+        error_correction={"enabled": True},
+    )  # fmt: skip
+    videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
+    with pytest.raises(ValueError, match="pass continuous="):
+        run_stage(_spec(tmp_path, tokens, stage, "vs", videoar=videoar))
