@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +31,8 @@ from tasks.pretrain.checkpoints import StageCheckpoints
 from tasks.pretrain.config import StageConfig
 from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
+from tasks.train.events import MetricsEvent
+from tasks.train.worker import WorkerContext
 
 log = logging.getLogger("arvid.pretrain")
 
@@ -48,6 +49,8 @@ class TrainOptions:
     log_every: int = 10
     val_every: int | None = None
     val_batch_size: int = 16
+    flops_per_token: float | None = None  # with a peak: tokens/s -> MFU in the step metrics
+    peak_flops: float | None = None
 
 
 @dataclass
@@ -67,25 +70,6 @@ class StageSpec:
 
 
 @dataclass
-class StepEvent:
-    """Training progress every log_every steps (rank 0, averaged over workers)."""
-
-    step: int
-    lr: float
-    loss_bits: float
-    grad_norm: float
-    tokens_per_s: float
-
-
-@dataclass
-class ValidationEvent:
-    """Held-out bits per token at a step."""
-
-    step: int
-    val_bits: float
-
-
-@dataclass
 class StageResult:
     """What a finished stage returns to the driver (rank 0)."""
 
@@ -96,44 +80,6 @@ class StageResult:
     val_bits: float | None
     tokens_per_s: float
     seconds: float
-
-
-Event = StepEvent | ValidationEvent
-
-
-@dataclass
-class WorkerContext:
-    """Where a copy of the loop runs: rank, world size, device, and where rank 0's events go."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    publish: Callable[[Event], None] = lambda event: None
-
-    @property
-    def distributed(self) -> bool:
-        """True inside a process group of more than one worker."""
-        return self.world_size > 1 and torch.distributed.is_initialized()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP-wrap a module when distributed."""
-        if not self.distributed:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-    def mean(self, value: float) -> float:
-        """The average of a scalar over the workers."""
-        if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return float(tensor) / self.world_size
-
-    def barrier(self) -> None:
-        """Wait for every worker (rank 0 writes checkpoints, the others must not run ahead)."""
-        if self.distributed:
-            torch.distributed.barrier()
 
 
 def learning_rate(stage: StageConfig, step: int, total: int) -> float:
@@ -227,6 +173,11 @@ def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_s
     return total / count / math.log(2.0)
 
 
+def _validate_all(model: StageModel, spec: StageSpec, worker: WorkerContext) -> float:
+    bits = validate(model, spec.val, worker.device, spec.options.val_batch_size)
+    return worker.mean({"bits": bits})["bits"]  # every worker scores the same clips: equal
+
+
 def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResult | None:
     """Train one stage from its latest checkpoint (or the previous stage, or scratch); rank 0
     returns the result."""
@@ -289,34 +240,36 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         done = step + 1
         if done % options.log_every == 0 or done == total:
             seconds = time.perf_counter() - window_started
-            last_bits = worker.mean(window_loss / window_steps) / math.log(2.0)
-            worker.publish(
-                StepEvent(
-                    step=done,
-                    lr=optimizer.param_groups[0]["lr"],
-                    loss_bits=last_bits,
-                    grad_norm=grad_norm,
-                    tokens_per_s=tokens_per_step * window_steps / max(seconds, 1e-9),
-                )
-            )
+            last_bits = worker.mean({"nats": window_loss / window_steps})["nats"] / math.log(2.0)
+            tokens_per_s = tokens_per_step * window_steps / max(seconds, 1e-9)
+            metrics = {
+                "loss_bits_per_token": last_bits,
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+            }
+            if options.flops_per_token and options.peak_flops:
+                metrics["mfu"] = tokens_per_s * options.flops_per_token / options.peak_flops
+            worker.publish(MetricsEvent(step=done, metrics=metrics))
             window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
         if (
             spec.val is not None
             and options.val_every
             and done % options.val_every == 0 < total - done
         ):
-            val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
-            worker.publish(ValidationEvent(step=done, val_bits=val_bits))
+            val_bits = _validate_all(model, spec, worker)
+            worker.publish(MetricsEvent(step=done, metrics={"val_bits_per_token": val_bits}))
         if done % options.checkpoint_every == 0 or done == total:
             if worker.rank == 0:
                 checkpoints.save(
                     done, module, optimizer, {"stage": spec.stage.name, "total": total}
                 )
-            worker.barrier()
+            if worker.distributed:  # the others wait: nobody runs ahead of a checkpoint
+                torch.distributed.barrier()
     seconds = time.perf_counter() - started
     if spec.val is not None:
-        val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
-        worker.publish(ValidationEvent(step=total, val_bits=val_bits))
+        val_bits = _validate_all(model, spec, worker)
+        worker.publish(MetricsEvent(step=total, metrics={"val_bits_per_token": val_bits}))
     if worker.rank != 0:
         return None
     trained = total - start

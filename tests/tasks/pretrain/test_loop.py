@@ -9,9 +9,11 @@ from models.generator.persist import build_generator, load_generator_from_dir
 from models.generator.transformer import GeneratorConfig
 from models.generator.videoar import VideoAR, VideoARConfig
 from tasks.pretrain.config import StageConfig
-from tasks.pretrain.loop import StageSpec, StepEvent, TrainOptions, WorkerContext, run_stage
+from tasks.pretrain.loop import StageSpec, TrainOptions, run_stage
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
 from tasks.storage import StorageSettings
+from tasks.train.events import MetricsEvent
+from tasks.train.worker import WorkerContext
 from tests.tasks.pretrain.support import write_token_dataset
 
 VOCAB = 16
@@ -58,7 +60,7 @@ def test_a_stage_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted_
     straight = run_stage(_spec(tmp_path, tokens, stage, "straight"))
 
     def kill_at_step_7(event):
-        if isinstance(event, StepEvent) and event.step == 7:
+        if isinstance(event, MetricsEvent) and event.step == 7:
             raise Killed
 
     spec = _spec(tmp_path, tokens, stage, "resumed")
@@ -111,7 +113,9 @@ def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(t
     events = []
     spec = _spec(tmp_path, tokens, stage, "vs", videoar=videoar)
     result = run_stage(spec, dataclasses.replace(WorkerContext(), publish=events.append))
-    losses = [e.loss_bits for e in events if isinstance(e, StepEvent)]
+    losses = [
+        e.metrics["loss_bits_per_token"] for e in events if "loss_bits_per_token" in e.metrics
+    ]
     assert losses[-1] < losses[0]
     model = load_generator_from_dir(result.final_checkpoint)
     assert isinstance(model, VideoAR)
