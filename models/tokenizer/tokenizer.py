@@ -17,82 +17,16 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, model_validator
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.tokenizer.causal3d import Decoder, Encoder
-from models.tokenizer.fsq import FSQ
+from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.metrics import code_usage
-from models.tokenizer.multiscale import MultiScaleFSQ, UpsampleMode, default_scale_gains
+from models.tokenizer.multiscale import MultiScaleFSQ
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class TokenizerConfig(BaseModel):
-    """Architecture of a VideoTokenizer; a YAML mapping validates straight onto it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    in_channels: int = 3
-    base_channels: int = 64  # ~48M weights with the other defaults; 4 gives a CPU-test toy
-    # One multiplier per resolution level; there are log2(spatial_factor) + 1 levels.
-    channel_multipliers: list[int] = [1, 2, 2, 4]
-    num_res_blocks: int = 2
-    max_norm_groups: int = 32
-    # DC-AE-style weightless shortcuts around every resampling step (see causal3d.py).
-    shortcuts: bool = True
-    temporal_factor: int = 4
-    spatial_factor: int = 8
-    levels: list[int] = [8, 8, 8, 5, 5, 5]
-    # None: single-scale FSQ. Otherwise side lengths, coarse to fine, of the residual scales
-    # (e.g. [1, 2, 4, 8, 16] for a 16x16 latent); see multiscale.scale_shapes for other sizes.
-    scales: list[int] | None = None
-    # Gain applied to each scale's residual before rounding; None: sqrt(s_k / s_0), see multiscale.py.
-    scale_gains: list[float] | None = None
-    upsample_mode: UpsampleMode = "bilinear"
-
-    @model_validator(mode="after")
-    def _check(self) -> TokenizerConfig:
-        stages = len(self.channel_multipliers) - 1
-        if self.spatial_factor < 2 or 2**stages != self.spatial_factor:
-            raise ValueError(
-                f"spatial_factor={self.spatial_factor}: must be a power of two with "
-                f"log2(spatial_factor) + 1 channel_multipliers; got {len(self.channel_multipliers)}"
-            )
-        if self.temporal_factor < 1 or self.temporal_factor & (self.temporal_factor - 1):
-            raise ValueError(f"temporal_factor={self.temporal_factor}: must be a power of two")
-        if self.temporal_factor > self.spatial_factor:
-            raise ValueError(
-                f"temporal_factor={self.temporal_factor}: at most spatial_factor={self.spatial_factor} "
-                "(time is downsampled in the same stages as space)"
-            )
-        if self.num_res_blocks < 1 or self.base_channels < 1:
-            raise ValueError("num_res_blocks and base_channels must be >= 1")
-        if self.scale_gains is not None and (
-            self.scales is None or len(self.scale_gains) != len(self.scales)
-        ):
-            raise ValueError(
-                f"scale_gains {self.scale_gains}: need one gain per scale (scales={self.scales})"
-            )
-        if self.scales is not None and self.scale_gains is None:
-            # Written out so that a saved config.json pins the gains: tokens mean nothing without them.
-            self.scale_gains = default_scale_gains(self.scales)
-        self.make_quantizer()  # validates levels, scales and gains
-        return self
-
-    @property
-    def channels(self) -> list[int]:
-        """Channel width of each resolution level."""
-        return [self.base_channels * m for m in self.channel_multipliers]
-
-    def make_quantizer(self) -> FSQ | MultiScaleFSQ:
-        """The weightless quantizer this config describes; the generator builds it without the
-        tokenizer's weights (move it with .to(device): its constants are buffers)."""
-        if self.scales is None:
-            return FSQ(self.levels)
-        return MultiScaleFSQ(self.levels, self.scales, self.scale_gains, self.upsample_mode)
 
 
 @dataclass
