@@ -232,13 +232,13 @@ class _Decoder:
     def clips(self, spans: list[list[int]]) -> list[np.ndarray | None]:
         """Frames (T, H, W, 3) uint8 for each list of source indices; None where it did not decode."""
         try:
-            return list(self._decord(spans))
+            return self._decord(spans)
         except Exception:  # noqa: BLE001 - any decord failure means: try the other decoder
             self.name = "pyav"
             self.decoded = 0
             return self._pyav(spans)
 
-    def _decord(self, spans: list[list[int]]) -> list[np.ndarray]:
+    def _decord(self, spans: list[list[int]]) -> list[np.ndarray | None]:
         import decord
 
         width, height = self.size
@@ -250,7 +250,7 @@ class _Decoder:
         reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1, **resize)
         if len(reader) < self._expected_at_least():
             raise RuntimeError(f"decord sees {len(reader)} of {self.probe.frames} frames")
-        out = []
+        out: list[np.ndarray | None] = []
         for indices in spans:
             batch = reader.get_batch(indices).asnumpy()
             self.decoded += len(indices)
@@ -269,16 +269,16 @@ class _Decoder:
         # Decoding to the end is what tells a truncated file apart from a complete one.
         detail = f" ({error})" if error else ""
         problem = f"header promises {self.probe.frames} frames, only {count} decode{detail}"
+        if self.strict:
+            raise Rejected(
+                Reason.TRUNCATED, f"{problem} (ingest.strict_frame_count is on)", "decode"
+            )
         kept = [
             self._crop_even(np.stack([frames[i] for i in indices]))
             if set(indices) <= frames.keys()
             else None
             for indices in spans
         ]
-        if self.strict:
-            raise Rejected(
-                Reason.TRUNCATED, f"{problem} (ingest.strict_frame_count is on)", "decode"
-            )
         if not any(clip is not None for clip in kept):
             raise Rejected(
                 Reason.TRUNCATED,
