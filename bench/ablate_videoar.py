@@ -31,15 +31,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
 from bench.results_io import write_results  # noqa: E402
-from models.generator.loss import bits_per_token  # noqa: E402
-from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
-from models.generator.videoar import (  # noqa: E402
+from models.generator.config import (  # noqa: E402
     ErrorCorrectionConfig,
     FrameMaskConfig,
-    VideoAR,
     VideoARConfig,
-    generate_videoar,
 )
+from models.generator.loss import bits_per_token  # noqa: E402
+from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
+from models.generator.videoar import VideoAR, generate_videoar  # noqa: E402
 
 
 @dataclass(frozen=True)

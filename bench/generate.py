@@ -31,8 +31,9 @@ import torch  # noqa: E402
 
 from bench.results_io import goal, write_results  # noqa: E402
 from models.generator import Generator, GeneratorConfig, generate, sample_logits  # noqa: E402
+from models.generator.config import VideoARConfig  # noqa: E402
 from models.generator.schedules import Schedule, nbp, ntp, par  # noqa: E402
-from models.generator.videoar import VideoAR, VideoARConfig, generate_videoar  # noqa: E402
+from models.generator.videoar import VideoAR, generate_videoar  # noqa: E402
 
 GRID = (5, 16, 16)
 MODEL = GeneratorConfig(vocab_size=64_000, num_classes=101, n_layer=8, n_head=6, n_embd=384)

@@ -104,7 +104,7 @@ def main() -> None:
     ratio = last.val_bits / baselines["best_baseline_bits_per_token"]
 
     # Throughput on the last stage's tokens with the demo model, from scratch each time.
-    from models.generator.transformer import GeneratorConfig
+    from models.generator.config import GeneratorConfig
     from tasks.pretrain.run import videoar_config
     from tasks.train.tokenizer_registry import load_tokenizer
 

@@ -19,58 +19,12 @@ s_t ramps over frames: ``max_strength * min(1, t / ramp_frames)``, 0 for the fir
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from models.generator.config import ErrorCorrectionConfig
 from models.tokenizer.fsq import FSQ
 from models.tokenizer.multiscale import MultiScaleFSQ
-
-
-class ErrorCorrectionConfig(BaseModel):
-    """Cross-frame error correction: corrupt scales with a strength ramping over frames."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    mode: Literal["infinity", "legacy"] = Field(
-        "infinity",
-        description="infinity: near-miss FSQ changes, targets re-quantized from the continuous "
-        "latent (the caller passes it); legacy: random codes on the leading scales, targets "
-        "re-quantized from the quantized latent",
-    )
-    max_strength: float = Field(
-        0.3,
-        ge=0,
-        le=1,
-        description="at full ramp: legacy, the fraction of tokens replaced; infinity, the upper "
-        "end of the uniform draw of the fraction of FSQ dimensions changed",
-    )
-    ramp_frames: int | None = Field(
-        None, ge=1, description="frames to reach max_strength; None = T-1"
-    )
-    corrupt_scales: int = Field(
-        2, ge=1, description="legacy: leading scales of each frame that are corrupted"
-    )
-    scales: list[int] | None = Field(
-        None, description="infinity: indices of the scales corrupted; None = every scale"
-    )
-
-    def strengths(self, num_frames: int) -> torch.Tensor:
-        """(T,) strength per frame: 0 for the first frame, rising linearly."""
-        ramp = self.ramp_frames or max(1, num_frames - 1)
-        frames = torch.arange(num_frames, dtype=torch.float32)
-        return self.max_strength * (frames / ramp).clamp(max=1.0)
-
-    def check_scales(self, num_scales: int) -> None:
-        """Raise if ``scales`` names a scale the tokenizer does not have."""
-        bad = [k for k in self.scales or [] if not 0 <= k < num_scales]
-        if bad:
-            raise ValueError(
-                f"error_correction.scales {self.scales}: scales {bad} do not exist; the "
-                f"tokenizer has scales 0..{num_scales - 1}"
-            )
 
 
 def near_miss(

@@ -25,7 +25,8 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict
+
+from models.generator.config import ScheduleConfig
 
 Grid = tuple[int, int, int]  # (T, H, W) latent token grid
 
@@ -237,18 +238,6 @@ def par(grid: Grid, regions: int = 4, prefix: Literal["frame", "clip"] = "frame"
         groups.extend(rows[0].split(1))  # the first token of each region, sequentially
         groups.extend(rows[1:])  # then all regions in parallel, position by position
     return _from_groups(f"par{regions}", grid, groups)
-
-
-class ScheduleConfig(BaseModel):
-    """Which schedule to train and sample with; a YAML block maps onto it one to one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["ntp", "nbp", "par", "frame"] = "ntp"
-    block: tuple[int, int, int] = (1, 1, 16)  # nbp: (bt, bh, bw)
-    hybrid_prefix: int = 0  # nbp: first tokens predicted one at a time (NBP's UCF setting: 16)
-    regions: int = 4  # par: R, a square number
-    prefix: Literal["frame", "clip"] = "frame"  # par: sequential prefix per frame or per clip
 
 
 def build_schedule(config: ScheduleConfig, grid: Grid) -> Schedule:

@@ -16,7 +16,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from models.generator.attention import (
     Backend,
@@ -27,46 +26,8 @@ from models.generator.attention import (
     masked_attention,
     with_prefix,
 )
+from models.generator.config import GeneratorConfig
 from models.generator.kv_cache import KVCache
-
-
-class GeneratorConfig(BaseModel):
-    """Size and conditioning of the generator; the defaults are the papers' 24 × 1536 × 16 shape
-    (~0.88B parameters with the 64k vocabulary, 0.68B of them in the blocks)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    vocab_size: int = 64_000  # FSQ 8,8,8,5,5,5
-    num_classes: int = 101  # class ids 0..num_classes-1; id num_classes is the null class
-    n_layer: int = 24
-    n_head: int = 16
-    n_embd: int = 1536
-    mlp_hidden: int | None = None  # SwiGLU width; None = 8/3·n_embd rounded up to 64
-    qk_norm: bool = True
-    rope_theta: float = 10_000.0
-    label_dropout: float = 0.1  # training only: the null class, for classifier-free guidance
-    max_learned_inputs: int = 256  # start input + transition inputs (PAR's M1..M(R-1))
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> GeneratorConfig:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        if (self.n_embd // self.n_head) % 2 or self.n_embd // self.n_head < 8:
-            raise ValueError("head_dim (n_embd / n_head) must be even and >= 8 for 3D RoPE")
-        return self
-
-    @property
-    def head_dim(self) -> int:
-        """Channels per attention head."""
-        return self.n_embd // self.n_head
-
-    @property
-    def hidden(self) -> int:
-        """SwiGLU hidden width."""
-        return self.mlp_hidden or 64 * math.ceil(8 * self.n_embd / 3 / 64)
-
 
 NUM_PREFIX = 1  # the class token
 

@@ -35,16 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field
 
+from models.generator.config import VideoARConfig
 from models.generator.error_correction import (
-    ErrorCorrectionConfig,
     corrupt_infinity,
     corrupt_legacy,
 )
@@ -52,44 +51,6 @@ from models.generator.sampling import CfgForm, guide, sample_logits
 from models.generator.schedules import Schedule
 from models.generator.transformer import Generator
 from models.tokenizer.multiscale import MultiScaleFSQ, area_downsample
-
-
-class FrameMaskConfig(BaseModel):
-    """Random frame mask: hide random earlier frames from later ones, per sample, in training."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prob: float = Field(0.0, ge=0, le=1, description="share of samples that get a frame mask")
-    drop_prob: float = Field(0.5, ge=0, le=1, description="chance each earlier frame is hidden")
-
-
-class LongContextConfig(BaseModel):
-    """Frames older than `window` keep only their first `keep_scales` scales in the context."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window: int | None = Field(None, ge=0, description="None: every frame keeps every scale")
-    keep_scales: int = Field(2, ge=1)
-
-
-class VideoARConfig(BaseModel):
-    """The multi-scale token layout (from the tokenizer's config) and VideoAR's switches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    levels: list[int] = Field(default_factory=lambda: [8, 8, 8, 5, 5, 5])
-    scales: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
-    scale_gains: list[float] | None = None
-    upsample_mode: str = "bilinear"
-    latent_hw: tuple[int, int] = (16, 16)
-    frame_context: Literal["full", "pooled"] = Field(
-        "full",
-        description="full: frame t+1's first step reads frame t's complete latent through H*W "
-        "context positions; pooled: only its average at scale 0's shape (the first version)",
-    )
-    error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
-    frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
-    long_context: LongContextConfig = Field(default_factory=LongContextConfig)
 
 
 def next_scale(num_frames: int, scale_shapes: Sequence[tuple[int, int]]) -> Schedule:

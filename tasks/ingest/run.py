@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from tasks import storage
@@ -64,6 +64,11 @@ class IngestSummary(BaseModel):
     clips_per_s: float
     frames_per_s: float
     worker_restarts: int
+    # Inputs whose header promised more frames than decode: their clean clips landed, marked
+    # "partial" in the manifest (ingest.strict_frame_count quarantines them instead).
+    inputs_partial: int = 0
+    # Files a folder/prefix scan passed over, by extension (sources.skipped_extension).
+    skipped_by_extension: dict[str, int] = Field(default_factory=dict)
 
     def line(self) -> str:
         """The one-line human summary."""
@@ -72,10 +77,17 @@ class IngestSummary(BaseModel):
             if self.published_new
             else "nothing new: version already published"
         )
+        partial = f", {self.inputs_partial} partial" if self.inputs_partial else ""
+        skipped = ""
+        if self.skipped_by_extension:
+            counts = ", ".join(f"{ext}: {n}" for ext, n in self.skipped_by_extension.items())
+            skipped = (
+                f", {sum(self.skipped_by_extension.values())} files skipped by extension ({counts})"
+            )
         return (
             f"ingest {self.dataset}@{self.version}: {self.clips_total} clips from {self.inputs_total} inputs "
-            f"({self.inputs_processed} processed, {self.inputs_skipped} already ingested), "
-            f"{self.quarantined_total} quarantined, {self.shards_new} new shards, "
+            f"({self.inputs_processed} processed, {self.inputs_skipped} already ingested{partial}), "
+            f"{self.quarantined_total} quarantined{skipped}, {self.shards_new} new shards, "
             f"{self.clips_per_s:.1f} clips/s; {status} -> {self.manifest}"
         )
 
@@ -245,4 +257,6 @@ def ingest_dataset(
         clips_per_s=round(stats.clips / seconds, 3) if seconds > 0 and processed else 0.0,
         frames_per_s=round(stats.frames / seconds, 3) if seconds > 0 and processed else 0.0,
         worker_restarts=stats.restarts,
+        inputs_partial=len({row["input"] for row in rows if row.get("partial")}),
+        skipped_by_extension=discovery.skipped_by_extension,
     )

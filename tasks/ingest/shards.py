@@ -41,6 +41,7 @@ CLIP_SHAPING_FIELDS = (
     "resize_short_side",
     "clip_crf",
     "clip_preset",
+    "strict_frame_count",
 )
 
 

@@ -8,9 +8,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from models.generator.schedules import ScheduleConfig
-from models.generator.transformer import GeneratorConfig
-from models.generator.videoar import ErrorCorrectionConfig, FrameMaskConfig, LongContextConfig
+from models.generator.config import (
+    ErrorCorrectionConfig,
+    FrameMaskConfig,
+    GeneratorConfig,
+    LongContextConfig,
+    ScheduleConfig,
+)
 from tasks.config import StrictModel
 
 ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale"]

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.generator.config import GeneratorConfig, VideoARConfig
 from models.generator.persist import build_generator, unwrap_generator
 from models.generator.schedules import Schedule, build_schedule
-from models.generator.transformer import Generator, GeneratorConfig
-from models.generator.videoar import VideoAR, VideoARConfig
+from models.generator.transformer import Generator
+from models.generator.videoar import VideoAR
 from tasks import storage
 from tasks.pretrain.batch_plan import BatchPlan
 from tasks.pretrain.checkpoints import StageCheckpoints

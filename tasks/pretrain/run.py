@@ -169,7 +169,7 @@ def _tokens_for(
 
 def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
     """The VideoAR layout of a next-scale stage: the tokenizer's pyramid at the stage's grid."""
-    from models.generator.videoar import VideoARConfig
+    from models.generator.config import VideoARConfig
 
     side = stage.resolution // tokenizer.spatial_factor
     return VideoARConfig(
@@ -199,7 +199,7 @@ def _finished(run_dir: str, total: int) -> StageResult | None:
 
 def pretrain(config: ArvidConfig) -> PretrainSummary:
     """Run every stage of `config.pretrain` (resuming what exists) and register the generator."""
-    from models.generator.transformer import GeneratorConfig
+    from models.generator.config import GeneratorConfig
 
     pretrain_config = config.pretrain
     storage.configure_storage(config.storage)

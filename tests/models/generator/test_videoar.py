@@ -7,14 +7,16 @@ import pytest
 import torch
 from einops import rearrange
 
-from models.generator.error_correction import near_miss
-from models.generator.transformer import Generator, GeneratorConfig
-from models.generator.videoar import (
+from models.generator.config import (
     ErrorCorrectionConfig,
     FrameMaskConfig,
     LongContextConfig,
-    VideoAR,
     VideoARConfig,
+)
+from models.generator.error_correction import near_miss
+from models.generator.transformer import Generator, GeneratorConfig
+from models.generator.videoar import (
+    VideoAR,
     cfg_ramp,
     generate_videoar,
     next_scale,

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.generator.config import GeneratorConfig, VideoARConfig
 from models.generator.persist import build_generator, load_generator_from_dir
-from models.generator.transformer import GeneratorConfig
-from models.generator.videoar import VideoAR, VideoARConfig
+from models.generator.videoar import VideoAR
 from tasks.pretrain.config import StageConfig
 from tasks.pretrain.loop import StageSpec, TrainOptions, run_stage
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
