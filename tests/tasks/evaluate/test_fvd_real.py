@@ -1,6 +1,6 @@
 """FVD with the real Kinetics-400 I3D on real (synthetic, mp4-encoded, decoded) clips.
 
-Eight clips, 16 frames each: I3D at 224x224 costs ~1.5-2 s of CPU per clip, so the file runs
+Eight clips, 16 frames each: I3D at 224x224 costs ~1-1.5 s of CPU per clip, so the file runs
 18 clip forwards in all. Sets of 4 clips give large FVDs (a 400-dim covariance from 4 rows), but
 the ordering is what these tests pin: measured halves ~1,160, noise 0.05 ~2,400, noise 0.5 ~7,600.
 """
