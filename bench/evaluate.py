@@ -78,6 +78,11 @@ def throughput(
         figures[f"{key}_clips_per_s"] = round(1.0 / statistics.median(walls[(b, layout)]), 3)
         if device == "cpu":
             figures[f"{key}_cpu_s_per_clip"] = round(statistics.median(cpus[(b, layout)]), 3)
+    for b in batch_sizes:  # same run, interleaved: steadier than either absolute figure
+        contiguous, channels_last = walls[(b, "contiguous")], walls[(b, "channels_last_3d")]
+        figures[f"batch{b}_channels_last_3d_speedup_ratio"] = round(
+            statistics.median(contiguous) / statistics.median(channels_last), 3
+        )
     return figures
 
 
