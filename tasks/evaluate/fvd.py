@@ -72,7 +72,7 @@ def video_features(
     return stats
 
 
-def fvd(real: FeatureStats, generated: FeatureStats, protocol: FVDProtocol) -> FVDResult:
+def compute_fvd(real: FeatureStats, generated: FeatureStats, protocol: FVDProtocol) -> FVDResult:
     """FVD between feature sets whose sizes must be the ones the protocol states."""
     if (real.count, generated.count) != (protocol.real_videos, protocol.generated_videos):
         raise ValueError(

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from models.eval.fvd import FeatureStats
 from tasks.evaluate.config import FVDProtocol
-from tasks.evaluate.fvd import draw_real_indices, fvd
+from tasks.evaluate.fvd import compute_fvd, draw_real_indices
 
 
 def test_default_protocol_is_the_standard_one_and_logs_flat() -> None:
@@ -51,9 +51,9 @@ def test_fvd_refuses_feature_counts_other_than_the_protocol_and_warns_on_small_s
     real = FeatureStats(400).update(rng.standard_normal((4, 400)))
     generated = FeatureStats(400).update(rng.standard_normal((4, 400)) + 1)
     with pytest.raises(ValueError, match="states 2048 real and 2048 generated videos"):
-        fvd(real, generated, FVDProtocol())
+        compute_fvd(real, generated, FVDProtocol())
     protocol = FVDProtocol(real_videos=4, generated_videos=4)
     with caplog.at_level(logging.WARNING, logger="arvid.evaluate"):
-        result = fvd(real, generated, protocol)
+        result = compute_fvd(real, generated, protocol)
     assert result.fvd > 0 and result.protocol == protocol
     assert "not the standard 2048 each" in caplog.text

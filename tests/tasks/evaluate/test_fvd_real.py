@@ -13,7 +13,7 @@ import torch
 
 from models.eval.fvd import i3d_logits, to_i3d_input
 from tasks.evaluate.config import FVDProtocol
-from tasks.evaluate.fvd import fvd, video_features
+from tasks.evaluate.fvd import compute_fvd, video_features
 
 
 def _noisy(clip: np.ndarray, strength: float, seed: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_fvd_of_disjoint_halves_is_far_below_corrupted_copies_and_grows_with_noi
     for strength in (0.0, 0.05, 0.5):
         copies = [_noisy(c, strength, seed=i) for i, c in enumerate(half_b)] if strength else half_b
         generated = video_features(i3d_model, copies, protocol, name=f"half B, noise {strength}")
-        scores.append(fvd(real, generated, protocol).fvd)
+        scores.append(compute_fvd(real, generated, protocol).fvd)
     halves, light, heavy = scores
     assert halves < light < heavy, scores
     assert heavy > 3 * halves, scores
