@@ -106,7 +106,7 @@ def load_i3d(config: I3DWeightsConfig | None = None) -> InceptionI3d:
     """The Kinetics-400 I3D with its weights, in eval mode on the CPU (fetched when missing)."""
     variables = load_numpy_pickle(ensure_i3d_weights(config))
     model = load_flax_variables(InceptionI3d(), variables)
-    # channels_last_3d weights: 0.96 instead of 1.35 CPU s per clip at batch 4 on the CPU
+    # channels_last_3d weights: 0.95 instead of 1.44 CPU s per clip at batch 4 on the CPU, 1.5x
     # (bench/results/evaluate.json); logits move by ~1e-5.
     return model.to(memory_format=torch.channels_last_3d)
 
