@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -140,7 +141,7 @@ def _storage_error(uri: str, exc: botocore.exceptions.ClientError) -> StorageErr
 
 def _sleep(attempt: int, deadline: float) -> None:
     # Capped exponential backoff with jitter: waiters must not poll in lockstep.
-    pause = min(0.5, 0.02 * 2**attempt) * (0.5 + uuid.uuid4().int % 1000 / 1000)
+    pause = min(0.5, 0.02 * 2**attempt) * random.uniform(0.5, 1.5)
     time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 

@@ -30,7 +30,7 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
@@ -39,6 +39,9 @@ from tasks.promote.gates import GateOutcome, evaluate_gates
 from tasks.promote.lock import HeldLock, hold_lock
 from tasks.promote.metrics import read_version_metrics
 from tasks.settings import ArvidConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -114,7 +117,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _aliases(client, name: str) -> dict[str, str]:
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}
 
 
@@ -141,6 +144,7 @@ def _gate_params(config: ArvidConfig, candidate: str, champion: str | None) -> d
         "model_name": config.promote.model_name,
         "candidate_version": candidate,
         "champion_before": champion or "none",
+        "gates": "; ".join(gate.describe() for gate in config.promote.gates),
         **gates,
     }
 
@@ -169,7 +173,7 @@ def _decision_tags(summary: PromotionSummary, config: ArvidConfig, run_id: str) 
 
 
 def _write_decision(
-    client, held: HeldLock, summary: PromotionSummary, tags: dict[str, str]
+    client: MlflowClient, held: HeldLock, summary: PromotionSummary, tags: dict[str, str]
 ) -> None:
     name, candidate = summary.model_name, summary.candidate_version
     held.verify()  # the last moment to find out the lock was lost, before anything is written
@@ -190,71 +194,79 @@ def _write_decision(
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
+def _judge(
+    config: ArvidConfig, candidate: str, aliases: dict[str, str], invoked_by: str, uri: str
+) -> PromotionSummary:
+    """The decision on `candidate` given the aliases now (nothing written yet)."""
+    name = config.promote.model_name
+    champion, challenger = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    base = PromotionSummary(
+        action="promote",
+        model_name=name,
+        decision="already-champion",
+        candidate_version=candidate,
+        champion_before=champion,
+        champion=champion,
+        previous=aliases.get(PREVIOUS),
+        challenger=challenger,
+        decided_at=_now(),
+        invoked_by=invoked_by,
+        mlflow_run_id=None,
+        lock=uri,
+    )
+    if champion == candidate:
+        return base
+    outcomes = evaluate_gates(
+        config.promote.gates,
+        read_version_metrics(name, candidate),
+        read_version_metrics(name, champion) if champion is not None else None,
+        f"{name} v{candidate}",
+        f"v{champion}" if champion is not None else None,
+    )
+    reasons = [f"{o.gate.metric}: {r}" for o in outcomes for r in o.reasons]
+    if reasons:
+        update = {"decision": "rejected", "challenger": candidate}
+    else:
+        update = {
+            "decision": "promoted",
+            "champion": candidate,
+            "previous": champion or base.previous,
+            "challenger": None if challenger == candidate else challenger,
+        }
+    return base.model_copy(update={**update, "gates": outcomes, "reasons": reasons})
+
+
 def promote(config: ArvidConfig, invoked_by: str | None = None) -> PromotionSummary:
     """Judge promote.candidate against the gates and the champion, and move the aliases."""
     from mlflow import MlflowClient
 
+    uri = lock_uri(config)  # first: a config without a lock place fails before any work
     tracking.setup_tracking(config.tracking)
     client = MlflowClient()
     name = config.promote.model_name
-    uri = lock_uri(config)
     lock = config.promote.lock
     with hold_lock(uri, lock.timeout_s, lock.stale_after_s, f"promote {name}") as held:
         candidate = _candidate_version(config)
         aliases = _aliases(client, name)
-        champion = aliases.get(CHAMPION)
-        base = dict(
-            action="promote",
-            model_name=name,
-            candidate_version=candidate,
-            champion_before=champion,
-            decided_at=_now(),
-            invoked_by=invoked_by or _invoker(),
-            lock=uri,
-        )
-        if champion == candidate:
-            return PromotionSummary(
-                **base,
-                decision="already-champion",
-                champion=champion,
-                previous=aliases.get(PREVIOUS),
-                challenger=aliases.get(CHALLENGER),
-                mlflow_run_id=None,
-            )
-        outcomes = evaluate_gates(
-            config.promote.gates,
-            read_version_metrics(name, candidate),
-            read_version_metrics(name, champion) if champion is not None else None,
-            f"{name} v{candidate}",
-            f"v{champion}" if champion is not None else None,
-        )
-        passed = all(o.passed for o in outcomes)
-        challenger = aliases.get(CHALLENGER)
-        summary = PromotionSummary(
-            **base,
-            decision="promoted" if passed else "rejected",
-            champion=candidate if passed else champion,
-            previous=champion if passed and champion else aliases.get(PREVIOUS),
-            challenger=(None if challenger == candidate else challenger) if passed else candidate,
-            gates=outcomes,
-            reasons=[f"{o.gate.metric}: {r}" for o in outcomes for r in o.reasons],
-            mlflow_run_id=None,
-        )
+        summary = _judge(config, candidate, aliases, invoked_by or _invoker(), uri)
+        if summary.decision == "already-champion":
+            return summary
         tags = {"arvid.step": "promote", TAG + "decision": summary.decision}
-        params = _gate_params(config, candidate, champion)
-        with tracking.tracked_run(
-            config.tracking, f"promote-{name}-v{candidate}", params, tags
-        ) as run:
-            values = {f"candidate.{o.gate.metric}": o.candidate_value for o in outcomes}
-            values |= {f"champion.{o.gate.metric}": o.champion_value for o in outcomes}
+        params = _gate_params(config, candidate, summary.champion_before)
+        run_name = f"promote-{name}-v{candidate}"
+        with tracking.tracked_run(config.tracking, run_name, params, tags) as run:
+            values = {f"candidate.{g.gate.metric}": g.candidate_value for g in summary.gates}
+            values |= {f"champion.{g.gate.metric}": g.champion_value for g in summary.gates}
             numbers = {k: v for k, v in values.items() if v is not None}
-            tracking.log_metrics({**numbers, "passed": float(passed)})
+            tracking.log_metrics({**numbers, "passed": float(summary.decision == "promoted")})
             summary = summary.model_copy(update={"mlflow_run_id": run.info.run_id})
             _write_decision(client, held, summary, _decision_tags(summary, config, run.info.run_id))
     return summary
 
 
-def _restorable(client, name: str, version: str | None, rolled_back: str) -> str | None:
+def _restorable(
+    client: MlflowClient, name: str, version: str | None, rolled_back: str
+) -> str | None:
     """`version` when it still exists and is not the version being rolled back, else None."""
     from mlflow.exceptions import MlflowException
 
@@ -272,10 +284,10 @@ def rollback(config: ArvidConfig, invoked_by: str | None = None) -> PromotionSum
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    uri = lock_uri(config)
     tracking.setup_tracking(config.tracking)
     client = MlflowClient()
     name = config.promote.model_name
-    uri = lock_uri(config)
     lock = config.promote.lock
     with hold_lock(uri, lock.timeout_s, lock.stale_after_s, f"rollback {name}") as held:
         try:
