@@ -261,11 +261,15 @@ def test_the_lock_lives_beside_the_sqlite_store_or_under_the_configured_root(
         lock_uri(config)
 
 
+@pytest.mark.parametrize("lock_place", ["beside-sqlite", "s3"])
 def test_concurrent_promotions_leave_aliases_as_some_serial_order_would(
-    store: TrackingConfig, tmp_path: Path
+    store: TrackingConfig, tmp_path: Path, lock_place: str, request: pytest.FixtureRequest
 ) -> None:
     """Three processes promote three passing candidates at once. Serially, each is judged against
     the one promoted just before it; without the lock all three read the same champion."""
+    lock = LockConfig(timeout_s=120)
+    if lock_place == "s3":  # as machines sharing an MLflow server would; racers inherit the env
+        lock = LockConfig(root=f"s3://{request.getfixturevalue('s3_env')}/locks", timeout_s=120)
     first = _champion_v1(store, tmp_path)
     racers = [register_generator(store, tmp_path, GOOD) for _ in range(3)]
     no_worse = [
@@ -278,7 +282,7 @@ def test_concurrent_promotions_leave_aliases_as_some_serial_order_would(
         context.Process(
             target=promote_in_process,
             args=(
-                make_config(store, no_worse, candidate=f"models:/{NAME}/{v}").model_dump_json(),
+                make_config(store, no_worse, f"models:/{NAME}/{v}", lock).model_dump_json(),
                 barrier,
                 results,
             ),
@@ -301,3 +305,4 @@ def test_concurrent_promotions_leave_aliases_as_some_serial_order_would(
         assert len(following) == 1, f"{chain[-1]} was replaced by {following} (racers: {before})"
         chain.append(following[0])
     assert aliases() == {"champion": chain[-1], "previous": chain[-2]}
+    assert {o["lock"] for o in outcomes} == {lock_uri(make_config(store, lock=lock))}
