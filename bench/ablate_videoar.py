@@ -1,11 +1,15 @@
-"""VideoAR ablation: cross-frame error correction and random frame mask, on and off.
+"""VideoAR ablation: previous-frame context, cross-frame error correction (legacy and
+Infinity-style) and random frame mask, on and off.
 
 Tiny VideoAR models train on the demo's token shards (synthetic videos -> ingest -> multi-scale
 tokenizer -> `arvid tokenize`), same seed, data order and steps for every variant. Reported:
 - val bits/token on held-out clips (teacher-forced, no perturbation);
 - drift of free-running generation: bits/token of the real last frame when the frames before it
   are the model's own samples (first frame given) minus the same with the real frames before it.
-Usage: python bench/ablate_videoar.py [--quick] [--tokens <token dataset dir>]
+Usage: python bench/ablate_videoar.py [--quick] [--tokenizer <ref>] [--variants a,b,...]
+Variants (see VARIANTS): baseline (pooled previous-frame input, no error correction),
+full_context, ec_legacy, ec_infinity (needs token shards that carry the tokenizer's continuous
+latent), frame_mask, both (legacy error correction + frame mask).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,27 +31,37 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
 from bench.results_io import write_results  # noqa: E402
-from models.generator.loss import bits_per_token  # noqa: E402
-from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
-from models.generator.videoar import (  # noqa: E402
+from models.generator.config import (  # noqa: E402
     ErrorCorrectionConfig,
     FrameMaskConfig,
-    VideoAR,
     VideoARConfig,
-    generate_videoar,
 )
+from models.generator.loss import bits_per_token  # noqa: E402
+from models.generator.transformer import Generator, GeneratorConfig  # noqa: E402
+from models.generator.videoar import VideoAR, generate_videoar  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the ablation: the VideoAR switches that differ between arms."""
+
+    frame_context: Literal["full", "pooled"] = "pooled"
+    error_correction: Literal["legacy", "infinity"] | None = None
+    frame_mask: float = 0.0
+
 
 VARIANTS = {
-    "baseline": (False, 0.0),
-    "error_correction": (True, 0.0),
-    "frame_mask": (False, 0.5),
-    "both": (True, 0.5),
+    "baseline": Variant(),
+    "full_context": Variant(frame_context="full"),
+    "ec_legacy": Variant(error_correction="legacy"),
+    "ec_infinity": Variant(error_correction="infinity"),
+    "frame_mask": Variant(frame_mask=0.5),
+    "both": Variant(error_correction="legacy", frame_mask=0.5),
 }
+DEFAULT_VARIANTS = ["baseline", "full_context", "ec_legacy", "ec_infinity"]
 
 
-def build_model(
-    tokens_meta: dict, num_classes: int, error_correction: bool, frame_mask: float
-) -> VideoAR:
+def build_model(tokens_meta: dict, num_classes: int, variant: Variant) -> VideoAR:
     """A tiny VideoAR for the token layout in `tokens_meta` (levels, scales, latent size)."""
     torch.manual_seed(0)  # every variant starts from the same weights
     vocab = 1
@@ -67,10 +83,14 @@ def build_model(
         scale_gains=tokens_meta.get("scale_gains"),
         upsample_mode=tokens_meta.get("upsample_mode", "bilinear"),
         latent_hw=tuple(tokens_meta["latent_hw"]),
+        frame_context=variant.frame_context,
         error_correction=ErrorCorrectionConfig(
-            enabled=error_correction, max_strength=0.3, corrupt_scales=2
+            enabled=variant.error_correction is not None,
+            mode=variant.error_correction or "infinity",
+            max_strength=0.3,
+            corrupt_scales=2,  # legacy only; infinity corrupts every scale
         ),
-        frame_mask=FrameMaskConfig(prob=frame_mask, drop_prob=0.5),
+        frame_mask=FrameMaskConfig(prob=variant.frame_mask, drop_prob=0.5),
     )
     return VideoAR(generator, config)
 
@@ -81,6 +101,7 @@ def train(
     labels: torch.Tensor,
     steps: int,
     batch: int,
+    continuous: list[torch.Tensor] | None = None,
 ) -> float:
     """AdamW steps over the training clips in a fixed order; returns seconds."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
@@ -96,7 +117,8 @@ def train(
         indices = [
             torch.stack([train_set[i][k] for i in pick.tolist()]) for k in range(model.num_scales)
         ]
-        loss = model.loss(indices, labels[pick], generator=noise)
+        latent = None if continuous is None else torch.stack([continuous[i] for i in pick.tolist()])
+        loss = model.loss(indices, labels[pick], continuous=latent, generator=noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -132,6 +154,15 @@ def evaluate(
         "last_frame_bits_after_own_samples": own_last,
         "drift_bits_per_token": own_last - real_last,
     }
+
+
+def continuous_latents(clips: list) -> list[torch.Tensor] | None:
+    """Each clip's continuous pre-quantization latent (D, t, h, w), float32 as the tokenizer
+    made it, when every clip carries one (``continuous``); else None."""
+    arrays = [getattr(c, "continuous", None) for c in clips]
+    if not arrays or any(a is None for a in arrays):
+        return None
+    return [torch.from_numpy(a).float() for a in arrays]
 
 
 def make_token_shards(root: Path, videos: int, tokenizer_ref: str | None) -> tuple[list, dict]:
@@ -214,7 +245,16 @@ def main() -> None:
         help="a registered tokenizer (models:/...) or model folder; default: random weights",
     )
     parser.add_argument("--steps", type=int, help="training steps per variant")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated arms, from: {', '.join(VARIANTS)} (default: %(default)s)",
+    )
     args = parser.parse_args()
+    chosen = [name for name in args.variants.split(",") if name]
+    unknown = [name for name in chosen if name not in VARIANTS]
+    if unknown or not chosen:
+        parser.error(f"--variants {args.variants}: choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(1 if args.quick else 2)
     videos, steps = (32, 150) if args.quick else (64, 600)
     steps = args.steps or steps
@@ -226,6 +266,15 @@ def main() -> None:
     inputs = sorted({c.metadata["input"] for c in clips})
     held_out = set(inputs[::8])
     as_tensors = [[torch.from_numpy(a.astype("int64")) for a in c.indices] for c in clips]
+    latents = continuous_latents(clips)
+    needs_latent = [n for n in chosen if VARIANTS[n].error_correction == "infinity"]
+    if needs_latent and latents is None:
+        sys.exit(
+            f"{', '.join(needs_latent)}: Infinity-style error correction re-quantizes from the "
+            "tokenizer's continuous latent, which these token shards do not carry "
+            "(TokenizedClip.continuous); tokenize with continuous latents, or leave "
+            f"{', '.join(needs_latent)} out of --variants"
+        )
     labels = torch.tensor([label_ids[c.metadata["label"]] for c in clips])
     train_ids = [i for i, c in enumerate(clips) if c.metadata["input"] not in held_out]
     val_ids = [i for i, c in enumerate(clips) if c.metadata["input"] in held_out]
@@ -240,21 +289,36 @@ def main() -> None:
         "drift_definition": "bits/token of the real last frame after the model's own sampled frames "
         "(first frame given) minus after the real frames",
     }
-    for name, (error_correction, frame_mask) in VARIANTS.items():
-        model = build_model(layout, len(classes), error_correction, frame_mask)
+    figures["variants"] = "; ".join(
+        f"{n}: frame_context {VARIANTS[n].frame_context}, error correction "
+        f"{VARIANTS[n].error_correction or 'off'}, frame mask prob {VARIANTS[n].frame_mask}"
+        for n in chosen
+    )
+    for name in chosen:
+        variant = VARIANTS[name]
+        model = build_model(layout, len(classes), variant)
         seconds = train(
-            model, [as_tensors[i] for i in train_ids], labels[train_ids], steps, batch=8
+            model,
+            [as_tensors[i] for i in train_ids],
+            labels[train_ids],
+            steps,
+            batch=8,
+            continuous=[latents[i] for i in train_ids]
+            if variant.error_correction == "infinity"
+            else None,
         )
         scores = evaluate(model, [as_tensors[i] for i in val_ids], labels[val_ids])
         figures[f"{name}_train_s"] = round(seconds, 1)
         for key, value in scores.items():
             figures[f"{name}_{key}"] = round(value, 4)
         print(f"{name}: {scores} ({seconds:.0f} s)", flush=True)
-    base_drift = figures["baseline_drift_bits_per_token"]
-    figures["error_correction_drift_change_bits"] = round(
-        figures["error_correction_drift_bits_per_token"] - base_drift, 4
-    )
-    figures["both_drift_change_bits"] = round(figures["both_drift_bits_per_token"] - base_drift, 4)
+    if "baseline" in chosen:
+        base_drift = figures["baseline_drift_bits_per_token"]
+        for name in chosen:
+            if name != "baseline":
+                figures[f"{name}_drift_change_bits"] = round(
+                    figures[f"{name}_drift_bits_per_token"] - base_drift, 4
+                )
     path = write_results("videoar_ablation", figures, goals=[])
     print(f"wrote {path}")
 

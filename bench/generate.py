@@ -6,6 +6,7 @@ timed A-B interleaved inside each repeat, after a warm-up, and the median is rep
 
     python bench/generate.py            # batch 1: 5 repeats, batch 16: 3 repeats (~25 min)
     python bench/generate.py --quick    # batch 1: 3 repeats, batch 16: 1 run (~11 min)
+    python bench/generate.py --only nbp_hybrid,par4_clip,par16_clip   # merge a few rows (+ ntp)
 
 Writes bench/results/generate.json (format: BENCH.md).
 """
@@ -30,44 +31,65 @@ import torch  # noqa: E402
 
 from bench.results_io import goal, write_results  # noqa: E402
 from models.generator import Generator, GeneratorConfig, generate, sample_logits  # noqa: E402
-from models.generator.schedules import nbp, ntp, par  # noqa: E402
-from models.generator.videoar import VideoAR, VideoARConfig, generate_videoar  # noqa: E402
+from models.generator.config import VideoARConfig  # noqa: E402
+from models.generator.schedules import Schedule, nbp, ntp, par  # noqa: E402
+from models.generator.videoar import VideoAR, generate_videoar  # noqa: E402
 
 GRID = (5, 16, 16)
 MODEL = GeneratorConfig(vocab_size=64_000, num_classes=101, n_layer=8, n_head=6, n_embd=384)
+# VideoAR on the same latent grid: scales 1,2,4,8,16 of each 16x16 latent frame (T*K = 25 steps).
+# "next_scale" keeps the first version's pooled previous-frame input, so its figures stay
+# comparable with earlier runs; "next_scale_full_context" adds 256 context rows to each later
+# frame's first step (VideoARConfig.frame_context, the default for new models).
+NEXT_SCALE = VideoARConfig(
+    levels=[8, 8, 8, 5, 5, 5],
+    scales=[1, 2, 4, 8, 16],
+    latent_hw=GRID[1:],
+    frame_context="pooled",
+)
+NEXT_SCALE_FULL_CONTEXT = NEXT_SCALE.model_copy(update={"frame_context": "full"})
 SCHEDULES = {
     "ntp": lambda: ntp(GRID),
     "nbp_row": lambda: nbp(GRID, (1, 1, 16)),
     "nbp_frame": lambda: nbp(GRID, (1, 16, 16)),
+    "nbp_hybrid": lambda: nbp(GRID, (1, 1, 16), hybrid_prefix=16),  # NBP's UCF setting: 95 steps
     "par4": lambda: par(GRID, 4),
     "par16": lambda: par(GRID, 16),
-    "next_scale": lambda: "next_scale",  # VideoAR: one step per (frame, scale), see time_one
+    "par4_clip": lambda: par(GRID, 4, prefix="clip"),  # PAR's video steps: 323
+    "par16_clip": lambda: par(GRID, 16, prefix="clip"),  # 95
+    # VideoAR: one step per (frame, scale), see time_one
+    "next_scale": lambda: NEXT_SCALE,
+    "next_scale_full_context": lambda: NEXT_SCALE_FULL_CONTEXT,
 }
 SPEEDUP_GOAL_B1 = 5.0  # issue 4: nbp row wall-clock speed-up at batch 1 on the CPU
-# VideoAR on the same latent grid: scales 1,2,4,8,16 of each 16x16 latent frame (T*K = 25 steps).
-NEXT_SCALE = VideoARConfig(levels=[8, 8, 8, 5, 5, 5], scales=[1, 2, 4, 8, 16], latent_hw=GRID[1:])
 NEXT_SCALE_STEP_GOAL = 10.0  # issue 5: >= 10x fewer steps than ntp
 NEXT_SCALE_SPEEDUP_GOAL = 5.0  # issue 5: >= 5x less wall-clock than ntp on the CPU
-_videoar: dict[int, VideoAR] = {}
+_videoar: dict[tuple[int, str], VideoAR] = {}
 
 
-def videoar_for(model: Generator) -> VideoAR:
+def videoar_for(model: Generator, config: VideoARConfig = NEXT_SCALE) -> VideoAR:
     """The VideoAR wrapper around the benchmark's generator (same transformer weights)."""
-    if id(model) not in _videoar:
+    key = (id(model), config.frame_context)
+    if key not in _videoar:
         torch.manual_seed(0)
-        _videoar[id(model)] = VideoAR(model, NEXT_SCALE).eval()
-    return _videoar[id(model)]
+        _videoar[key] = VideoAR(model, config).eval()
+    return _videoar[key]
 
 
-def time_one(model: Generator, schedule, batch: int, seed: int) -> tuple[float, int]:
+def time_one(
+    model: Generator, schedule: Schedule | VideoARConfig, batch: int, seed: int
+) -> tuple[float, int]:
     """Seconds to sample one batch of videos, and the number of model forwards."""
     labels = torch.randint(
         0, MODEL.num_classes, (batch,), generator=torch.Generator().manual_seed(seed)
     )
     start = time.perf_counter()
-    if schedule == "next_scale":
+    if isinstance(schedule, VideoARConfig):
         result = generate_videoar(
-            videoar_for(model), GRID[0], labels, generator=torch.Generator().manual_seed(seed)
+            videoar_for(model, schedule),
+            GRID[0],
+            labels,
+            generator=torch.Generator().manual_seed(seed),
         )
     else:
         result = generate(model, schedule, labels, generator=torch.Generator().manual_seed(seed))
@@ -179,6 +201,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = sorted({"ntp", *args.only.split(",")}) if args.only else None
+    unknown = sorted(set(only or []) - set(SCHEDULES))
+    if unknown:
+        parser.error(f"--only {', '.join(unknown)}: unknown; choose from {', '.join(SCHEDULES)}")
 
     torch.set_num_threads(args.threads)
     repeats_b1, repeats_b16 = (3, 1) if args.quick else (5, 3)
@@ -199,7 +224,8 @@ def main() -> None:
         lambda: par(warm_grid, 16),
     ):
         generate(model, make(), torch.tensor([0]))
-    generate_videoar(videoar_for(model), 1, torch.tensor([0]))
+    for config in (NEXT_SCALE, NEXT_SCALE_FULL_CONTEXT):
+        generate_videoar(videoar_for(model, config), 1, torch.tensor([0]))
     log("warm-up done")
 
     if only:

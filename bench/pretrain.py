@@ -32,6 +32,8 @@ from tasks.pretrain.loop import StageSpec, TrainOptions  # noqa: E402
 from tasks.pretrain.run import pretrain  # noqa: E402
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
+from tasks.train.events import ignore_event  # noqa: E402
+from tasks.train.ray_driver import WorkerGroup  # noqa: E402
 from tasks.train.tokenizer_trainer import train_tokenizer  # noqa: E402
 
 
@@ -67,7 +69,7 @@ def throughput(config: ArvidConfig, spec: StageSpec, workers: int, steps: int) -
     stage = spec.stage.model_copy(update={"steps": steps, "batch_size": per_worker * workers})
     run_dir = f"{spec.run_dir}-x{workers}-{time.time_ns()}"
     trial = StageSpec(**{**spec.__dict__, "stage": stage, "run_dir": run_dir, "val": None})
-    result = fit_stage(trial, workers, False, 0, config.ray, lambda event: None)
+    result = fit_stage(trial, WorkerGroup(workers), config.ray, ignore_event)
     return result.tokens_per_s
 
 
@@ -102,7 +104,7 @@ def main() -> None:
     ratio = last.val_bits / baselines["best_baseline_bits_per_token"]
 
     # Throughput on the last stage's tokens with the demo model, from scratch each time.
-    from models.generator.transformer import GeneratorConfig
+    from models.generator.config import GeneratorConfig
     from tasks.pretrain.run import videoar_config
     from tasks.train.tokenizer_registry import load_tokenizer
 

@@ -32,7 +32,8 @@ from tasks.ingest.run import ingest_dataset  # noqa: E402
 from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
 from tasks.ray_runtime import RayConfig, ensure_ray  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
-from tasks.tokenize.run import TokenizeSummary, tokenize_dataset  # noqa: E402
+from tasks.tokenize.report import TokenizeSummary  # noqa: E402
+from tasks.tokenize.run import tokenize_dataset  # noqa: E402
 
 
 def run_once(root: Path, name: str, dataset: str, tokenizer: Path, **tokenize) -> TokenizeSummary:

@@ -6,7 +6,7 @@ from prefect import flow
 
 from tasks import storage
 from tasks.settings import ArvidConfig
-from tasks.tokenize.run import TokenizeSummary
+from tasks.tokenize.report import TokenizeSummary
 from tasks.tokenize.steps import tokenize_step
 
 

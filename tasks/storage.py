@@ -30,15 +30,17 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import boto3
-import botocore.config
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+# boto3 is imported where S3 is used, not here: loading the config (which imports this module
+# for StorageSettings) must not cost boto3's import, and a local-only run never needs it.
+if TYPE_CHECKING:
+    import botocore.exceptions
+    from boto3.s3.transfer import TransferConfig
 
 __all__ = [
     "AccessDenied",
@@ -183,6 +185,9 @@ def s3_client(settings: StorageSettings | None = None) -> Any:
 
 
 def _make_client(settings: StorageSettings, endpoint: str | None) -> Any:
+    import boto3.session
+    import botocore.config
+
     # A fresh Session per client: boto3's default session is not thread-safe to create from.
     session = boto3.session.Session(
         profile_name=settings.profile,
@@ -213,6 +218,8 @@ def _secret(value: SecretStr | None) -> str | None:
 
 
 def _transfer_config(settings: StorageSettings) -> TransferConfig:
+    from boto3.s3.transfer import TransferConfig
+
     return TransferConfig(
         multipart_threshold=settings.multipart_threshold,
         multipart_chunksize=settings.multipart_chunksize,
@@ -314,6 +321,8 @@ def _client_error(uri: str, exc: botocore.exceptions.ClientError) -> StorageErro
 def _find_client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
     # boto3's upload_file re-raises a ClientError as S3UploadFailedError, keeping it only as
     # the implicit context, so look down the chain for the structured error.
+    import botocore.exceptions
+
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -332,23 +341,6 @@ def _errors(uri: Uri) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except botocore.exceptions.NoCredentialsError as exc:
-        raise AccessDenied(
-            f"{name}: no AWS credentials found — set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-            "or AWS_PROFILE",
-            name,
-        ) from exc
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectTimeoutError,
-        botocore.exceptions.ReadTimeoutError,
-        botocore.exceptions.ConnectionClosedError,
-    ) as exc:
-        raise StorageError(
-            f"{name}: cannot reach the S3 endpoint ({type(exc).__name__}) — check "
-            f"{ENDPOINT_ENV} / AWS_ENDPOINT_URL and the network",
-            name,
-        ) from exc
     except FileNotFoundError as exc:
         raise ObjectNotFound(f"{name}: no such file — check the path", name) from exc
     except PermissionError as exc:
@@ -356,12 +348,42 @@ def _errors(uri: Uri) -> Iterator[None]:
     except IsADirectoryError as exc:
         raise StorageError(f"{name}: is a directory, not a file", name) from exc
     except Exception as exc:
-        client_error = _find_client_error(exc)
-        if client_error is not None:
-            raise _client_error(name, client_error) from exc
-        if isinstance(exc, botocore.exceptions.BotoCoreError | boto3.exceptions.Boto3Error):
-            raise StorageError(f"{name}: {type(exc).__name__}: {exc}", name) from exc
-        raise
+        error = _s3_error(name, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _s3_error(name: str, exc: Exception) -> StorageError | None:
+    """The StorageError for a boto3/botocore failure, or None for any other exception."""
+    # Only reached once something failed, so the import costs nothing on the happy path.
+    import boto3.exceptions
+    import botocore.exceptions
+
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(
+            f"{name}: no AWS credentials found — set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE",
+            name,
+        )
+    unreachable = (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectTimeoutError,
+        botocore.exceptions.ReadTimeoutError,
+        botocore.exceptions.ConnectionClosedError,
+    )
+    if isinstance(exc, unreachable):
+        return StorageError(
+            f"{name}: cannot reach the S3 endpoint ({type(exc).__name__}) — check "
+            f"{ENDPOINT_ENV} / AWS_ENDPOINT_URL and the network",
+            name,
+        )
+    client_error = _find_client_error(exc)
+    if client_error is not None:
+        return _client_error(name, client_error)
+    if isinstance(exc, botocore.exceptions.BotoCoreError | boto3.exceptions.Boto3Error):
+        return StorageError(f"{name}: {type(exc).__name__}: {exc}", name)
+    return None
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -388,6 +410,8 @@ def exists(uri: Uri, *, settings: StorageSettings | None = None) -> bool:
     """True when an object (or local file) is at the URI; folders and prefixes are not objects."""
     with _errors(uri):
         if is_s3(uri):
+            import botocore.exceptions
+
             bucket, key = _object_key(str(uri))
             try:
                 s3_client(settings).head_object(Bucket=bucket, Key=key)
@@ -498,6 +522,8 @@ class _S3RangeReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
+        import botocore.exceptions
+
         if self._pos >= self._size or len(buffer) == 0:
             return 0
         data = b""
@@ -534,6 +560,8 @@ class _S3RangeReader(io.RawIOBase):
         return n
 
     def _open_body(self) -> None:
+        import botocore.exceptions
+
         self._close_body()
         kwargs = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={self._pos}-"}
         if self._etag:
@@ -714,6 +742,8 @@ def _remove_quietly(path: str) -> None:
 def _delete_quietly(client: Any, bucket: str, key: str) -> None:
     # Best effort: the temp key is invisible to listings, and a failed cleanup must not mask
     # the error (or success) of the publish itself.
+    import botocore.exceptions
+
     try:
         client.delete_object(Bucket=bucket, Key=key)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

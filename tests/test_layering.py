@@ -1,4 +1,6 @@
-"""Imports only go down: models/ is torch only, tasks/ never reaches up into flows/.
+"""Imports only go down: models/ is torch only, tasks/ never reaches up into flows/; and no
+layer imports a private module of Ray (`ray.train.v2._internal`, `ray._private`): they change
+without notice between releases.
 
 Every .py under models/ and tasks/ is parsed with `ast`, so an import inside a function counts as
 much as one at the top of the file.
@@ -18,7 +20,10 @@ from tasks.config import REPO_ROOT
 FORBIDDEN: dict[str, frozenset[str]] = {
     "models": frozenset({"tasks", "flows", "prefect", "mlflow", "ray", "boto3", "botocore"}),
     "tasks": frozenset({"flows"}),
+    "flows": frozenset(),
 }
+# Packages whose private modules (a dotted part starting with "_") no layer may import.
+PRIVATE_OFF_LIMITS = frozenset({"ray"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def _imported_modules(tree: ast.AST, package: list[str]) -> list[tuple[int, str]
 
 
 def layering_violations(root: Path) -> list[Violation]:
-    """Every import under root/models and root/tasks that a layer must not make."""
+    """Every import under root/models, root/tasks and root/flows that a layer must not make."""
     violations: list[Violation] = []
     for layer, forbidden in FORBIDDEN.items():
         for path in sorted((root / layer).rglob("*.py")):
@@ -62,7 +67,9 @@ def layering_violations(root: Path) -> list[Violation]:
             package = parts if path.name == "__init__.py" else parts[:-1]
             tree = ast.parse(path.read_text(), filename=str(path))
             for line, module in _imported_modules(tree, package):
-                if module.split(".")[0] in forbidden:
+                top, *rest = module.split(".")
+                private = top in PRIVATE_OFF_LIMITS and any(p.startswith("_") for p in rest)
+                if top in forbidden or private:
                     violations.append(Violation(path.relative_to(root), line, module))
     return violations
 
@@ -91,6 +98,12 @@ def test_models_and_tasks_import_only_downwards() -> None:
         ("models/sub/b.py", "from ... import tasks\n", "tasks"),
         ("tasks/x.py", "from flows.cli import main\n", "flows.cli"),
         ("tasks/deep/y.py", "def g():\n    from ...flows.cli import main\n", "flows.cli"),
+        (
+            "tasks/x.py",
+            "from ray.train.v2._internal.execution import context\n",
+            "ray.train.v2._internal.execution",
+        ),
+        ("flows/f.py", "import ray._private.services\n", "ray._private.services"),
     ],
 )
 def test_the_checker_finds_a_planted_violation(
@@ -100,6 +113,7 @@ def test_the_checker_finds_a_planted_violation(
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
     (tmp_path / "models" / "ok.py").write_text("import torch\nfrom models.sub import b\n")
     (tmp_path / "tasks" / "ok.py").write_text("import mlflow\nfrom models import ok\n")
+    (tmp_path / "flows" / "ok.py").write_text("import ray.train\nfrom tasks import ok\n")
     (tmp_path / path).write_text(source)
     violations = layering_violations(tmp_path)
     assert [(str(v.path), v.imported) for v in violations] == [(path, imported)]

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.generator.transformer import Generator, GeneratorConfig
-from models.generator.videoar import VideoAR, VideoARConfig
+from models.generator.config import GeneratorConfig, VideoARConfig
+from models.generator.transformer import Generator
+from models.generator.videoar import VideoAR
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

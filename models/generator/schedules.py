@@ -25,7 +25,8 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict
+
+from models.generator.config import ScheduleConfig
 
 Grid = tuple[int, int, int]  # (T, H, W) latent token grid
 
@@ -165,8 +166,14 @@ def ntp(grid: Grid) -> Schedule:
     return _from_groups("ntp", grid, list(torch.arange(T * H * W).split(1)))
 
 
-def nbp(grid: Grid, block: tuple[int, int, int] = (1, 1, 16)) -> Schedule:
-    """One bt×bh×bw block per step, blocks in raster order: T·H·W / (bt·bh·bw) steps."""
+def nbp(grid: Grid, block: tuple[int, int, int] = (1, 1, 16), hybrid_prefix: int = 0) -> Schedule:
+    """One bt×bh×bw block per step, blocks in raster order: T·H·W / (bt·bh·bw) steps.
+
+    hybrid_prefix=n (NBP's UCF-101 setting): the first n tokens one at a time (NTP from the
+    start input), then blocks; the first block reads the last prefix token in slot 0 and learned
+    bridge inputs 1..L-1 elsewhere (NBP's middle bos ids). n must be a whole number of blocks:
+    5×16×16 with row blocks and n=16 takes 16 + 79 = 95 steps.
+    """
     T, H, W = grid
     bt, bh, bw = block
     if T % bt or H % bh or W % bw:
@@ -178,7 +185,19 @@ def nbp(grid: Grid, block: tuple[int, int, int] = (1, 1, 16)) -> Schedule:
         index, "(nt bt) (nh bh) (nw bw) -> (nt nh nw) (bt bh bw)", bt=bt, bh=bh, bw=bw
     )  # (G, block size): each row one group, slots in raster order inside the block
     name = {(1, 1, W): "nbp_row", (1, H, W): "nbp_frame"}.get((bt, bh, bw), "nbp_cube")
-    return _from_groups(name, grid, list(blocks))
+    if hybrid_prefix == 0:
+        return _from_groups(name, grid, list(blocks))
+    size = bt * bh * bw
+    if hybrid_prefix < 0 or hybrid_prefix % size or hybrid_prefix > T * H * W:
+        raise ValueError(
+            f"nbp hybrid_prefix {hybrid_prefix} must be a whole number of {size}-token blocks "
+            f"within grid {grid} (ScheduleConfig.hybrid_prefix)"
+        )
+    prefix_blocks = hybrid_prefix // size
+    sequential = list(blocks[:prefix_blocks].flatten().split(1))  # NTP over the first blocks
+    return _from_groups(
+        f"{name}_hybrid{hybrid_prefix}", grid, sequential + list(blocks[prefix_blocks:])
+    )
 
 
 def frame(grid: Grid) -> Schedule:
@@ -187,9 +206,16 @@ def frame(grid: Grid) -> Schedule:
     return _from_groups("frame", grid, list(torch.arange(T * H * W).view(T, H * W)))
 
 
-def par(grid: Grid, regions: int = 4) -> Schedule:
-    """PAR per frame: R regions; their first tokens one by one, then the same position of all
-    R regions per step: R + (H·W/R - 1) steps per frame."""
+def par(grid: Grid, regions: int = 4, prefix: Literal["frame", "clip"] = "frame") -> Schedule:
+    """PAR: R regions; their first tokens one by one, then the same position of all R regions
+    per step.
+
+    prefix="frame" restarts that in every frame: R + (H·W/R - 1) steps per frame (335 for R=4,
+    155 for R=16 on 5×16×16). prefix="clip" (PAR's video steps) makes each region a column of
+    the clip, (T, H/s, W/s) read frame by frame, so one sequential prefix serves the whole clip:
+    R + (T·H·W/R - 1) steps (323 for R=4, 95 for R=16 on 5×16×16). Either way a frame's tokens
+    are whole groups, frame after frame, so given context frames still end on a group boundary.
+    """
     T, H, W = grid
     side = round(regions**0.5)
     if side * side != regions or H % side or W % side:
@@ -197,26 +223,21 @@ def par(grid: Grid, regions: int = 4) -> Schedule:
             f"par with {regions} regions needs a square number of regions whose side "
             f"divides H and W of grid {grid}"
         )
-    per_frame = torch.arange(H * W).view(H, W)
+    if prefix not in ("frame", "clip"):
+        raise ValueError(f"par prefix {prefix!r}: use 'frame' or 'clip' (ScheduleConfig.prefix)")
+    index = torch.arange(T * H * W).view(T, H, W)
     # Row p lists position p of every region (regions in raster order): PAR's
-    # (s, H/s, s, W/s) -> (H/s, W/s, s, s) permutation.
-    aligned = rearrange(per_frame, "(rh ph) (rw pw) -> (ph pw) (rh rw)", rh=side, rw=side)
+    # (s, H/s, s, W/s) -> (H/s, W/s, s, s) permutation, per frame or over the clip.
+    aligned = rearrange(index, "t (rh ph) (rw pw) -> t (ph pw) (rh rw)", rh=side, rw=side)
+    if prefix == "clip":
+        rows = aligned.flatten(0, 1)  # (T·H·W/R, R): frame-major positions inside each region
+        groups = list(rows[0].split(1)) + list(rows[1:])
+        return _from_groups(f"par{regions}_clip", grid, groups)
     groups = []
-    for t in range(T):
-        rows = aligned + t * H * W  # (H·W/R, R)
+    for rows in aligned:  # (H·W/R, R) per frame
         groups.extend(rows[0].split(1))  # the first token of each region, sequentially
         groups.extend(rows[1:])  # then all regions in parallel, position by position
     return _from_groups(f"par{regions}", grid, groups)
-
-
-class ScheduleConfig(BaseModel):
-    """Which schedule to train and sample with; a YAML block maps onto it one to one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["ntp", "nbp", "par", "frame"] = "ntp"
-    block: tuple[int, int, int] = (1, 1, 16)  # nbp: (bt, bh, bw)
-    regions: int = 4  # par: R, a square number
 
 
 def build_schedule(config: ScheduleConfig, grid: Grid) -> Schedule:
@@ -224,7 +245,7 @@ def build_schedule(config: ScheduleConfig, grid: Grid) -> Schedule:
     if config.name == "ntp":
         return ntp(grid)
     if config.name == "nbp":
-        return nbp(grid, config.block)
+        return nbp(grid, config.block, config.hybrid_prefix)
     if config.name == "par":
-        return par(grid, config.regions)
+        return par(grid, config.regions, config.prefix)
     return frame(grid)

@@ -16,7 +16,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from models.generator.attention import (
     Backend,
@@ -27,46 +26,8 @@ from models.generator.attention import (
     masked_attention,
     with_prefix,
 )
+from models.generator.config import GeneratorConfig
 from models.generator.kv_cache import KVCache
-
-
-class GeneratorConfig(BaseModel):
-    """Size and conditioning of the generator; the defaults are the papers' 24 × 1536 × 16 shape
-    (~0.88B parameters with the 64k vocabulary, 0.68B of them in the blocks)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    vocab_size: int = 64_000  # FSQ 8,8,8,5,5,5
-    num_classes: int = 101  # class ids 0..num_classes-1; id num_classes is the null class
-    n_layer: int = 24
-    n_head: int = 16
-    n_embd: int = 1536
-    mlp_hidden: int | None = None  # SwiGLU width; None = 8/3·n_embd rounded up to 64
-    qk_norm: bool = True
-    rope_theta: float = 10_000.0
-    label_dropout: float = 0.1  # training only: the null class, for classifier-free guidance
-    max_learned_inputs: int = 256  # start input + transition inputs (PAR's M1..M(R-1))
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> GeneratorConfig:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        if (self.n_embd // self.n_head) % 2 or self.n_embd // self.n_head < 8:
-            raise ValueError("head_dim (n_embd / n_head) must be even and >= 8 for 3D RoPE")
-        return self
-
-    @property
-    def head_dim(self) -> int:
-        """Channels per attention head."""
-        return self.n_embd // self.n_head
-
-    @property
-    def hidden(self) -> int:
-        """SwiGLU hidden width."""
-        return self.mlp_hidden or 64 * math.ceil(8 * self.n_embd / 3 / 64)
-
 
 NUM_PREFIX = 1  # the class token
 
@@ -245,6 +206,7 @@ class Generator(nn.Module):
         logits_from: int = 0,
         visibility: torch.Tensor | None = None,
         backend: Backend = "auto",
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L - logits_from, V) for L predicting positions starting at ``start``.
 
@@ -258,6 +220,9 @@ class Generator(nn.Module):
         visibility: optional (B or 1, L, K) bool over predicting positions, False hiding key k
         from query l on top of the group-causal rule (frame masks, bounded context); K = L
         without a cache, else the predicting rows in the cache once this chunk is written.
+        logits_at: optional (M,) long positions of the chunk whose logits are wanted (instead of
+        ``logits_from``): positions that only feed others (e.g. context with no target) skip the
+        costly head. Logits are then (B, M, V).
         """
         x = inputs if inputs.is_floating_point() else self.input_embedding(inputs)  # (B, L, C)
         B, L, _ = x.shape
@@ -293,7 +258,9 @@ class Generator(nn.Module):
             x = block(x, rope, mask, cache, layer, offset)
         if cache is not None:
             cache.commit(offset + x.shape[1])
-        x = self.norm(x[:, prefix + logits_from :])  # the head is the costly part: skip unused rows
+        x = x[:, prefix:]
+        x = x[:, logits_from:] if logits_at is None else x[:, logits_at.to(x.device)]
+        x = self.norm(x)  # the head is the costly part: skip unused rows
         return self.project_to_vocab(x)  # (B, L - logits_from, V)
 
     def project_to_vocab(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,96 +8,49 @@ the input embeddings, the training-only perturbations, and the sampling loop.
 No public code of VideoAR exists; these are the choices made here (each configurable):
 - Input of group (t, k>0): the accumulated latent of scales < k of frame t, area-downsampled to
   scale k's shape and projected (VAR's rule), rebuilt from FSQ indices with the weightless
-  quantizer. Input of group (t, 0): a learned frame-start embedding plus the projection of frame
-  t-1's *complete* latent area-downsampled to scale 0 -- the finest residual of a frame is
-  otherwise never an input anywhere. A learned scale embedding is added to every token.
+  quantizer. Input of group (t, 0): a learned frame-start embedding. A learned scale embedding
+  is added to every token.
+- Previous-frame context (``frame_context``): with "full" (the default) the first group of every
+  frame t > 0 also carries H*W context positions whose inputs are frame t-1's *complete*
+  accumulated latent (projected, plus a learned context embedding), with no target and no loss.
+  They are computed in the same forward as scale 0 of frame t, so decoding still takes T*K
+  steps, and they rotate as (t-1, h, w): the true coordinates of the latent they hold.
+  Otherwise the finest scale of a frame is only ever a target. "pooled" (the first version,
+  kept for the ablation) adds the projection of frame t-1's latent area-downsampled to scale
+  0's shape to scale 0's input instead: a 1x1 average for scales starting at 1.
 - Multi-scale temporal RoPE: position (i, j) of scale k rotates as (t, i*H/h_k, j*W/w_k) on the
   finest grid, the latent frame index as time (the same coordinates in training and decoding).
-- Cross-frame error correction (training): for frame t a fraction s_t = max_strength *
-  min(1, t / ramp_frames) of the tokens of the first ``corrupt_scales`` scales is replaced by
-  random codes; every later scale's target of that frame is re-quantized against the corrupted
-  accumulation (Infinity's bitwise self-correction, per frame). The signal re-quantized is the
-  clip's full quantized latent (the sum of all scales): token shards hold indices, not the
-  tokenizer's continuous latent. Frames without a replaced token keep their original targets.
+- Cross-frame error correction (training): see error_correction.py. Its "infinity" mode
+  re-quantizes from the tokenizer's continuous latent, which the caller passes to ``forward``.
 - Random frame mask (training): with probability ``prob`` a sample drops attention from every
   later frame to each earlier frame with probability ``drop_prob``; a frame always sees itself.
+  Context positions count as the frame whose latent they hold (t-1) on the key side.
 - Compressed long context: frames more than ``window`` frames behind the query keep only their
-  first ``keep_scales`` scales visible. In decoding the hidden scales are evicted from the KV
-  cache, so its size is bounded by (window+1) full frames plus coarse scales of older frames.
+  first ``keep_scales`` scales visible (context positions count as the finest scale). In
+  decoding the hidden rows are evicted from the KV cache, so its size is bounded by (window+1)
+  full frames plus coarse scales of older frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field
 
+from models.generator.config import VideoARConfig
+from models.generator.error_correction import (
+    corrupt_infinity,
+    corrupt_legacy,
+)
 from models.generator.sampling import CfgForm, guide, sample_logits
 from models.generator.schedules import Schedule
 from models.generator.transformer import Generator
 from models.tokenizer.multiscale import MultiScaleFSQ, area_downsample
-
-
-class ErrorCorrectionConfig(BaseModel):
-    """Cross-frame error correction: corrupt coarse scales with a strength ramping over frames."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    max_strength: float = Field(
-        0.3, ge=0, le=1, description="fraction of tokens replaced at full ramp"
-    )
-    ramp_frames: int | None = Field(
-        None, ge=1, description="frames to reach max_strength; None = T-1"
-    )
-    corrupt_scales: int = Field(
-        2, ge=1, description="leading scales of each frame that are corrupted"
-    )
-
-    def strengths(self, num_frames: int) -> torch.Tensor:
-        """(T,) replacement fraction per frame: 0 for the first frame, rising linearly."""
-        ramp = self.ramp_frames or max(1, num_frames - 1)
-        frames = torch.arange(num_frames, dtype=torch.float32)
-        return self.max_strength * (frames / ramp).clamp(max=1.0)
-
-
-class FrameMaskConfig(BaseModel):
-    """Random frame mask: hide random earlier frames from later ones, per sample, in training."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prob: float = Field(0.0, ge=0, le=1, description="share of samples that get a frame mask")
-    drop_prob: float = Field(0.5, ge=0, le=1, description="chance each earlier frame is hidden")
-
-
-class LongContextConfig(BaseModel):
-    """Frames older than `window` keep only their first `keep_scales` scales in the context."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window: int | None = Field(None, ge=0, description="None: every frame keeps every scale")
-    keep_scales: int = Field(2, ge=1)
-
-
-class VideoARConfig(BaseModel):
-    """The multi-scale token layout (from the tokenizer's config) and VideoAR's switches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    levels: list[int] = Field(default_factory=lambda: [8, 8, 8, 5, 5, 5])
-    scales: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
-    scale_gains: list[float] | None = None
-    upsample_mode: str = "bilinear"
-    latent_hw: tuple[int, int] = (16, 16)
-    error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
-    frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
-    long_context: LongContextConfig = Field(default_factory=LongContextConfig)
 
 
 def next_scale(num_frames: int, scale_shapes: Sequence[tuple[int, int]]) -> Schedule:
@@ -131,6 +84,82 @@ def next_scale(num_frames: int, scale_shapes: Sequence[tuple[int, int]]) -> Sche
     )
 
 
+@dataclass(frozen=True)
+class NextScaleLayout:
+    """The sequence a next-scale model runs over T frames: the N predicting positions of
+    ``schedule`` and, with full previous-frame context, H*W context positions leading the first
+    group of every frame t > 0 (inputs: frame t-1's complete latent; no target, no loss).
+    Without context positions every tensor here is the schedule's own (L = N)."""
+
+    schedule: Schedule  # predicting positions only: steps, targets and logits live here
+    coords: torch.Tensor  # (L, 3) float (t, h, w) on the finest grid; context: (t-1, h, w)
+    group: torch.Tensor  # (L,) long: the decoding step of each position
+    group_start: torch.Tensor  # (G+1,) long: first position of each group, then L
+    context_len: torch.Tensor  # (G,) long: context positions leading each group
+    frame: torch.Tensor  # (L,) long: frame whose step computes the position (query side)
+    content_frame: torch.Tensor  # (L,) long: frame whose latent the position holds (key side)
+    scale: torch.Tensor  # (L,) long: scale; context positions count as the finest
+    predicting: torch.Tensor  # (N,) long: position in L of each predicting position
+
+    @property
+    def num_positions(self) -> int:
+        """L, the positions fed to the transformer (predicting + context)."""
+        return int(self.group.numel())
+
+    @property
+    def has_context(self) -> bool:
+        """Whether any group carries context positions."""
+        return self.num_positions > self.schedule.num_tokens
+
+    def group_bounds(self, g: int) -> tuple[int, int, int]:
+        """Positions of group g: (start, first predicting position, end)."""
+        start = int(self.group_start[g])
+        return start, start + int(self.context_len[g]), int(self.group_start[g + 1])
+
+    def to(self, device: torch.device | str) -> NextScaleLayout:
+        """The same layout with its tensors on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return NextScaleLayout(**{k: v.to(device) for k, v in moved.items()})
+
+
+def next_scale_layout(
+    num_frames: int, scale_shapes: Sequence[tuple[int, int]], frame_context: str
+) -> NextScaleLayout:
+    """The next-scale schedule plus, for frame_context "full", the context positions of every
+    frame t > 0 in front of its scale-0 tokens (same group, so still T*K steps)."""
+    schedule = next_scale(num_frames, scale_shapes)
+    H, W = scale_shapes[-1]
+    K = len(scale_shapes)
+    i, j = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    grid_hw = torch.stack([i.flatten(), j.flatten()], dim=1).float()  # (H*W, 2)
+    coords, group, frame, content, scale, is_context = [], [], [], [], [], []
+    for g in range(schedule.num_steps):
+        t, k = divmod(g, K)
+        s, e = schedule.group_bounds(g)
+        if frame_context == "full" and k == 0 and t > 0:
+            coords.append(torch.cat([torch.full((H * W, 1), float(t - 1)), grid_hw], dim=1))
+            for out, value in ((frame, t), (content, t - 1), (scale, K - 1), (is_context, 1)):
+                out.append(torch.full((H * W,), value, dtype=torch.long))
+            group.append(torch.full((H * W,), g, dtype=torch.long))
+        coords.append(schedule.coords[s:e])
+        for out, value in ((frame, t), (content, t), (scale, k), (is_context, 0), (group, g)):
+            out.append(torch.full((e - s,), value, dtype=torch.long))
+    group_t = torch.cat(group)
+    is_context_t = torch.cat(is_context).bool()
+    sizes = torch.bincount(group_t, minlength=schedule.num_steps)
+    return NextScaleLayout(
+        schedule=schedule,
+        coords=torch.cat(coords),
+        group=group_t,
+        group_start=torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)]),
+        context_len=torch.bincount(group_t[is_context_t], minlength=schedule.num_steps),
+        frame=torch.cat(frame),
+        content_frame=torch.cat(content),
+        scale=torch.cat(scale),
+        predicting=(~is_context_t).nonzero().squeeze(1),
+    )
+
+
 @dataclass
 class VideoARSample:
     """What ``generate_videoar`` returns."""
@@ -157,13 +186,20 @@ class VideoAR(nn.Module):
                 f"tokenizer codes ({self.quantizer.codebook_size}) != generator vocab_size "
                 f"({generator.config.vocab_size})"
             )
+        config.error_correction.check_scales(self.quantizer.num_scales)
         n_embd = generator.config.n_embd
+        std = generator.config.init_std
         self.input_proj = nn.Linear(self.quantizer.fsq.dim, n_embd, bias=False)
         self.scale_embedding = nn.Embedding(self.num_scales, n_embd)
-        self.frame_start = nn.Parameter(torch.randn(n_embd) * generator.config.init_std)
-        nn.init.normal_(self.scale_embedding.weight, std=generator.config.init_std)
+        self.frame_start = nn.Parameter(torch.randn(n_embd) * std)
+        # Tells context positions apart from frame t-1's finest-scale positions, which share
+        # their coordinates.
+        self.context_embedding = (
+            nn.Parameter(torch.randn(n_embd) * std) if config.frame_context == "full" else None
+        )
+        nn.init.normal_(self.scale_embedding.weight, std=std)
         self.shapes = self.quantizer.scale_shapes(*config.latent_hw)
-        self._schedules: dict[int, Schedule] = {}
+        self._layouts: dict[int, NextScaleLayout] = {}
 
     @property
     def num_scales(self) -> int:
@@ -172,14 +208,20 @@ class VideoAR(nn.Module):
 
     @property
     def tokens_per_frame(self) -> int:
-        """Tokens of one frame's pyramid."""
+        """Tokens of one frame's pyramid (predicting positions; context positions excluded)."""
         return sum(h * w for h, w in self.shapes)
 
+    def layout(self, num_frames: int) -> NextScaleLayout:
+        """The positions fed to the transformer for `num_frames` latent frames (cached)."""
+        if num_frames not in self._layouts:
+            self._layouts[num_frames] = next_scale_layout(
+                num_frames, self.shapes, self.config.frame_context
+            )
+        return self._layouts[num_frames]
+
     def schedule(self, num_frames: int) -> Schedule:
-        """The next-scale schedule for `num_frames` latent frames (cached)."""
-        if num_frames not in self._schedules:
-            self._schedules[num_frames] = next_scale(num_frames, self.shapes)
-        return self._schedules[num_frames]
+        """The next-scale schedule (predicting positions) for `num_frames` latent frames."""
+        return self.layout(num_frames).schedule
 
     # -- layout ---------------------------------------------------------------------------
     def flatten(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -216,14 +258,21 @@ class VideoAR(nn.Module):
         )
         return x + self.scale_embedding.weight[k]
 
+    def _context(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, D, T', H, W) complete latents -> (B, T', H*W, C) context-position inputs."""
+        x = self.input_proj(
+            rearrange(latent, "b d t h w -> b t (h w) d").to(self.frame_start.dtype)
+        )
+        return x + self.context_embedding
+
     def _frame_start(
         self, previous_final: torch.Tensor | None, batch: int, frames: int
     ) -> torch.Tensor:
-        """(B, T', h_0*w_0, C) inputs of scale 0, from the previous frames' complete latents."""
+        """(B, T', h_0*w_0, C) inputs of scale 0; "pooled" adds the previous frames' latents."""
         h0, w0 = self.shapes[0]
         base = self.frame_start + self.scale_embedding.weight[0]
         start = base.expand(batch, frames, h0 * w0, -1)
-        if previous_final is None:
+        if previous_final is None or self.config.frame_context == "full":
             return start
         b, d, t, h, w = previous_final.shape
         small = area_downsample(rearrange(previous_final, "b d t h w -> (b t) d h w"), (h0, w0))
@@ -233,27 +282,39 @@ class VideoAR(nn.Module):
         return start + summary
 
     def embed_inputs(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forcing input embeddings (B, N, C) for per-scale indices of T frames."""
+        """Teacher-forcing input embeddings (B, L, C) of ``layout(T)`` for per-scale indices."""
         self._check(indices)
         B, T = indices[0].shape[:2]
         per_scale = self.quantizer.next_scale_inputs(indices, self.config.latent_hw)  # k = 1..K-1
-        final = self.quantizer.accumulate(indices, self.config.latent_hw)  # (B, D, T, H, W)
+        previous = None
+        if T > 1:  # the complete latent of frames 0..T-2, read by frames 1..T-1
+            previous = self.quantizer.accumulate(
+                [x[:, :-1] for x in indices], self.config.latent_hw
+            )
         first = self._frame_start(None, B, 1)
-        if T > 1:
-            first = torch.cat([first, self._frame_start(final[:, :, :-1], B, T - 1)], dim=1)
+        if previous is not None:
+            first = torch.cat([first, self._frame_start(previous, B, T - 1)], dim=1)
         parts = [first] + [self._project(x, k + 1) for k, x in enumerate(per_scale)]
-        return torch.cat(parts, dim=2).flatten(1, 2)  # (B, T * tokens_per_frame, C)
+        pyramids = torch.cat(parts, dim=2)  # (B, T, tokens_per_frame, C)
+        if previous is None or self.config.frame_context != "full":
+            return pyramids.flatten(1, 2)
+        later = torch.cat([self._context(previous), pyramids[:, 1:]], dim=2)  # (B, T-1, ., C)
+        return torch.cat([pyramids[:, 0], later.flatten(1, 2)], dim=1)
 
     def group_input(self, indices: Sequence[torch.Tensor], t: int, k: int) -> torch.Tensor:
-        """(B, h_k*w_k, C) inputs of group (t, k) from what is known: frames <= t, scales < k of t."""
+        """(B, positions of group (t, k), C) inputs from what is known: frames < t, and scales
+        < k of frame t. Group (t > 0, 0) leads with its context positions under "full"."""
         B = indices[0].shape[0]
         if k == 0:
-            previous = None
-            if t > 0:
-                previous = self.quantizer.accumulate(
-                    [x[:, t - 1 : t] for x in indices], self.config.latent_hw
-                )
-            return self._frame_start(previous, B, 1)[:, 0]
+            if t == 0:
+                return self._frame_start(None, B, 1)[:, 0]
+            previous = self.quantizer.accumulate(
+                [x[:, t - 1 : t] for x in indices], self.config.latent_hw
+            )
+            start = self._frame_start(previous, B, 1)[:, 0]
+            if self.config.frame_context != "full":
+                return start
+            return torch.cat([self._context(previous)[:, 0], start], dim=1)
         acc = self.quantizer.accumulate(
             [x[:, t : t + 1] for x in indices[:k]], self.config.latent_hw
         )
@@ -261,59 +322,58 @@ class VideoAR(nn.Module):
 
     # -- training-only perturbations and masks --------------------------------------------
     def corrupt(
-        self, indices: Sequence[torch.Tensor], generator: torch.Generator | None = None
+        self,
+        indices: Sequence[torch.Tensor],
+        generator: torch.Generator | None = None,
+        continuous: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Cross-frame error correction: (input indices, target indices) per scale."""
+        """Cross-frame error correction: (input indices, target indices) per scale.
+
+        continuous: (B, D, T, H, W) the tokenizer's continuous latent in code units (what its
+        multi-scale FSQ quantized into ``indices``, float32 as it came out); the "infinity"
+        mode needs it and raises without it, "legacy" ignores it.
+        """
         cfg = self.config.error_correction
+        if cfg.mode == "legacy":
+            return corrupt_legacy(self.quantizer, indices, cfg, generator)
         B, T = indices[0].shape[:2]
-        device = indices[0].device
-        strength = cfg.strengths(T).to(device)[None, :, None, None]  # (1, T, 1, 1)
-        signal = self.quantizer.accumulate(indices, self.config.latent_hw)  # what the tokens encode
-        inputs: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        changed = torch.zeros(B, T, dtype=torch.bool, device=device)  # any replaced token so far
-        vocab = self.quantizer.codebook_size
-        for k in range(self.num_scales):
-            target = indices[k]
-            if k > 0 and bool(changed.any()):
-                acc = self.quantizer.accumulate(inputs, self.config.latent_hw)
-                _, recomputed = self.quantizer.quantize_residual(signal, acc, start_scale=k)
-                target = torch.where(changed[:, :, None, None], recomputed[0], target)
-            corrupted = target
-            if k < cfg.corrupt_scales:
-                draw = torch.rand(target.shape, device=device, generator=generator)
-                noise = torch.randint(0, vocab, target.shape, device=device, generator=generator)
-                replace = draw < strength
-                corrupted = torch.where(replace, noise, target)
-                changed |= (replace & (noise != target)).flatten(2).any(dim=2)
-            inputs.append(corrupted)
-            targets.append(target)
-        return inputs, targets
+        expected = (B, self.quantizer.fsq.dim, T, *self.config.latent_hw)
+        if continuous is None:
+            raise ValueError(
+                "error_correction.mode 'infinity' re-quantizes targets from the tokenizer's "
+                f"continuous latent: pass continuous= of shape {expected} (the tokenizer's "
+                "pre-quantization latent in code units), or set error_correction.mode='legacy'"
+            )
+        if tuple(continuous.shape) != expected:
+            raise ValueError(
+                f"continuous latent of shape {tuple(continuous.shape)} does not fit the "
+                f"indices: expected {expected} (B, D, T, H, W)"
+            )
+        return corrupt_infinity(self.quantizer, continuous.to(indices[0].device), cfg, generator)
 
     def frame_of_position(self, num_frames: int) -> torch.Tensor:
-        """(N,) latent frame of every position."""
+        """(N,) latent frame of every predicting position."""
         return self.schedule(num_frames).coords[:, 0].long()
 
     def scale_of_position(self, num_frames: int) -> torch.Tensor:
-        """(N,) scale index of every position."""
+        """(N,) scale index of every predicting position."""
         sizes = torch.tensor([h * w for h, w in self.shapes])
         return torch.repeat_interleave(torch.arange(self.num_scales), sizes).repeat(num_frames)
 
     def long_context_visibility(self, num_frames: int) -> torch.Tensor | None:
-        """(1, N, N) bool: False where a key lies in a frame past the window at a hidden scale."""
+        """(1, L, L) bool: False where a key lies in a frame past the window at a hidden scale."""
         cfg = self.config.long_context
         if cfg.window is None:
             return None
-        frame = self.frame_of_position(num_frames)
-        scale = self.scale_of_position(num_frames)
-        too_old = frame[None, :] < frame[:, None] - cfg.window  # (Nq, Nk)
-        hidden = too_old & (scale[None, :] >= cfg.keep_scales)
+        layout = self.layout(num_frames)
+        too_old = layout.content_frame[None, :] < layout.frame[:, None] - cfg.window  # (Lq, Lk)
+        hidden = too_old & (layout.scale[None, :] >= cfg.keep_scales)
         return ~hidden[None]
 
     def frame_mask_visibility(
         self, batch: int, num_frames: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor | None:
-        """(B, N, N) bool random frame mask, or None when no sample drew one."""
+        """(B, L, L) bool random frame mask, or None when no sample drew one."""
         cfg = self.config.frame_mask
         if cfg.prob <= 0 or num_frames < 2:
             return None
@@ -323,9 +383,10 @@ class VideoAR(nn.Module):
         )
         if not bool(drop.any()):
             return None
-        frame = self.frame_of_position(num_frames)
-        earlier = frame[None, :] < frame[:, None]  # (Nq, Nk): key in a strictly earlier frame
-        hidden = drop[:, frame][:, None, :] & earlier[None]  # (B, Nq, Nk)
+        layout = self.layout(num_frames)
+        key_frame = layout.content_frame
+        earlier = key_frame[None, :] < layout.frame[:, None]  # (Lq, Lk): key strictly earlier
+        hidden = drop[:, key_frame][:, None, :] & earlier[None]  # (B, Lq, Lk)
         return (~hidden).to(device)
 
     # -- loss ------------------------------------------------------------------------------
@@ -334,34 +395,37 @@ class VideoAR(nn.Module):
         indices: Sequence[torch.Tensor],
         labels: torch.Tensor | None = None,
         *,
+        continuous: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         perturb: bool | None = None,
         backend: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced (logits (B, N, V), targets (B, N)).
+        """Teacher-forced (logits (B, N, V), targets (B, N)) over the predicting positions.
 
         perturb (default: self.training) switches on error correction and the frame mask.
+        continuous: the tokenizer's continuous latent, for error correction's "infinity" mode
+        (see ``corrupt``).
         """
         perturb = self.training if perturb is None else perturb
         B, T = indices[0].shape[:2]
+        device = indices[0].device
         inputs, targets = list(indices), list(indices)
         visibility = self.long_context_visibility(T)
         if perturb and self.config.error_correction.enabled:
-            inputs, targets = self.corrupt(indices, generator)
+            inputs, targets = self.corrupt(indices, generator, continuous)
         if perturb:
-            frame_mask = self.frame_mask_visibility(B, T, generator, indices[0].device)
+            frame_mask = self.frame_mask_visibility(B, T, generator, device)
             if frame_mask is not None:
                 visibility = (
-                    frame_mask
-                    if visibility is None
-                    else frame_mask & visibility.to(frame_mask.device)
+                    frame_mask if visibility is None else frame_mask & visibility.to(device)
                 )
-        schedule = self.schedule(T).to(indices[0].device)
+        layout = self.layout(T).to(device)
         if visibility is not None:
-            visibility = visibility.to(indices[0].device)
+            visibility = visibility.to(device)
         logits = self.generator(
-            self.embed_inputs(inputs), schedule.coords, schedule.group, labels,
+            self.embed_inputs(inputs), layout.coords, layout.group, labels,
             visibility=visibility, backend=backend,
+            logits_at=layout.predicting if layout.has_context else None,
         )  # fmt: skip
         return logits, self.flatten(targets)
 
@@ -370,12 +434,15 @@ class VideoAR(nn.Module):
         indices: Sequence[torch.Tensor],
         labels: torch.Tensor | None = None,
         *,
+        continuous: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         perturb: bool | None = None,
         from_frame: int = 0,
     ) -> torch.Tensor:
         """Mean cross-entropy (nats) over the targets of frames >= from_frame."""
-        logits, targets = self(indices, labels, generator=generator, perturb=perturb)
+        logits, targets = self(
+            indices, labels, continuous=continuous, generator=generator, perturb=perturb
+        )
         skip = from_frame * self.tokens_per_frame
         return F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), targets[:, skip:].flatten())
 
@@ -385,6 +452,24 @@ def cfg_ramp(cfg_scale: float, num_scales: int, ramp: bool) -> list[float]:
     if not ramp or num_scales == 1:
         return [cfg_scale] * num_scales
     return [cfg_scale * k / (num_scales - 1) for k in range(num_scales)]
+
+
+def cache_capacity(model: VideoAR, num_frames: int, known_frames: int = 0) -> int:
+    """Most rows (class token excluded) the KV cache of ``generate_videoar`` holds at once: the
+    first forward carries every given frame, and after each frame the rows that no later query
+    may see (long context) are evicted."""
+    layout = model.layout(num_frames)
+    cfg = model.config.long_context
+    first_end = layout.group_bounds(known_frames * model.num_scales)[2]
+    if cfg.window is None:
+        return layout.num_positions
+    most = first_end
+    fine = layout.scale >= cfg.keep_scales
+    for t in range(known_frames, num_frames):
+        written = layout.frame <= t
+        evicted = fine & (layout.content_frame < t - cfg.window)
+        most = max(most, int((written & ~evicted).sum()))
+    return most
 
 
 @torch.no_grad()
@@ -408,7 +493,7 @@ def generate_videoar(
     """Sample T frames scale by scale: T*K forwards over one KV cache (two halves with CFG).
 
     context: per-scale (B, Tc, h_k, w_k) given leading frames, prefilled in the first forward.
-    With a long-context window, scales that no later query may see are evicted from the cache.
+    With a long-context window, rows that no later query may see are evicted from the cache.
     """
     net = model.generator
     device = net.head.weight.device
@@ -425,8 +510,8 @@ def generate_videoar(
         scales = cfg_ramp(cfg_scale, K, ramp_cfg) if guided else []
         if guided:
             labels = torch.cat([labels, torch.full_like(labels, net.null_class)])
-        schedule = model.schedule(num_frames).to(device)
-        per_frame = model.tokens_per_frame
+        layout = model.layout(num_frames).to(device)
+        schedule = layout.schedule
         indices = [
             torch.zeros(B, num_frames, h, w, dtype=torch.long, device=device)
             for h, w in model.shapes
@@ -438,16 +523,14 @@ def generate_videoar(
                 indices[k][:, :known_frames] = context[k].to(device)
 
         window = model.config.long_context.window
-        capacity = schedule.num_tokens  # predicting rows; new_cache adds the class token
-        if window is not None:
-            coarse = sum(h * w for h, w in model.shapes[: model.config.long_context.keep_scales])
-            full_frames = min(num_frames, window + 1)
-            capacity = full_frames * per_frame + (num_frames - full_frames) * coarse
-        cache = net.new_cache(labels.shape[0], capacity)
-        # (frame, scale) of each cached row, to know what to evict; the class token is (-1, -1).
+        keep_scales = model.config.long_context.keep_scales
+        # predicting rows; new_cache adds the class token
+        cache = net.new_cache(labels.shape[0], cache_capacity(model, num_frames, known_frames))
+        # (content frame, scale) of each cached row, to know what to evict; class token (-1, -1).
         rows_frame = [-1]
         rows_scale = [-1]
-        scale_of = model.scale_of_position(num_frames).tolist()
+        content_frame = layout.content_frame.tolist()
+        scale_of = layout.scale.tolist()
         logits_out = (
             torch.zeros(B, schedule.num_tokens, V, device=device) if return_logits else None
         )
@@ -455,7 +538,8 @@ def generate_videoar(
         max_len = 0
 
         def evict_after(frame_done: int) -> None:
-            # Keys of frame f are hidden at scales >= keep_scales from queries in frames > f + window.
+            # Rows of frame f at scales >= keep_scales are hidden from queries in frames
+            # > f + window.
             if window is None:
                 return
             old = frame_done - window
@@ -463,7 +547,7 @@ def generate_videoar(
                 return
             keep = [
                 i for i, (f, s) in enumerate(zip(rows_frame, rows_scale, strict=True))
-                if not (f == old and s >= model.config.long_context.keep_scales)
+                if not (f == old and s >= keep_scales)
             ]  # fmt: skip
             if len(keep) < len(rows_frame):
                 cache.keep(torch.tensor(keep, device=device))
@@ -473,31 +557,29 @@ def generate_videoar(
         for t in range(known_frames, num_frames):
             for k in range(K):
                 g = t * K + k
-                s, e = schedule.group_bounds(g)
+                start, first, end = layout.group_bounds(g)  # context rows lead the group
+                s, e = schedule.group_bounds(g)  # the group's predicting positions
+                x = model.group_input(indices, t, k)
                 if steps == 0:
                     # The first forward carries the class token and any context frames.
                     chunk_start = 0
-                    prefix_inputs = (
-                        model.embed_inputs([x[:, :t] for x in indices]) if t > 0 else None
-                    )
-                    x = model.group_input(indices, t, k)
-                    x = x if prefix_inputs is None else torch.cat([prefix_inputs, x], dim=1)
+                    if t > 0:
+                        x = torch.cat([model.embed_inputs([y[:, :t] for y in indices]), x], dim=1)
                     visibility = model.long_context_visibility(num_frames)
                     if visibility is not None:
-                        visibility = visibility[:, :e, :e].to(device)
+                        visibility = visibility[:, :end, :end].to(device)
                 else:
-                    chunk_start = s
-                    x = model.group_input(indices, t, k)
+                    chunk_start = start
                     visibility = None
                 if guided:
                     x = torch.cat([x, x])
                 logits = net(
-                    x, schedule.coords[chunk_start:e], schedule.group[chunk_start:e],
+                    x, layout.coords[chunk_start:end], layout.group[chunk_start:end],
                     labels if chunk_start == 0 else None, cache=cache, start=chunk_start,
-                    logits_from=s - chunk_start, visibility=visibility,
+                    logits_from=first - chunk_start, visibility=visibility,
                 )  # fmt: skip
-                rows_frame.extend(schedule.coords[chunk_start:e, 0].long().tolist())
-                rows_scale.extend(scale_of[chunk_start:e])
+                rows_frame.extend(content_frame[chunk_start:end])
+                rows_scale.extend(scale_of[chunk_start:end])
                 max_len = max(max_len, cache.length)
                 steps += 1
                 if guided:

@@ -1,46 +1,50 @@
-"""Video tokenizer: causal 3D CNN with FSQ and multi-scale residual FSQ."""
+"""Video tokenizer: causal 3D CNN with FSQ and multi-scale residual FSQ.
 
-from models.tokenizer.discriminator import DiscriminatorConfig, PatchDiscriminator3d
-from models.tokenizer.fsq import FSQ
-from models.tokenizer.losses import (
-    LossConfig,
-    TokenizerLoss,
-    adaptive_gan_weight,
-    hinge_d_loss,
-    hinge_g_loss,
-    reconstruction_loss,
-)
-from models.tokenizer.metrics import code_usage, psnr, ssim
-from models.tokenizer.multiscale import MultiScaleFSQ, scale_shapes
-from models.tokenizer.perceptual import PerceptualLoss, build_perceptual_loss
-from models.tokenizer.tokenizer import (
-    TokenizerConfig,
-    TokenizerEncoding,
-    VideoTokenizer,
-    load_tokenizer_from_dir,
-    save_tokenizer,
-)
+Names load from their submodule on first use, so that `models.tokenizer.config` (the configs,
+pydantic only) imports without torch; `from models.tokenizer import VideoTokenizer` works as usual.
+"""
 
-__all__ = [
-    "FSQ",
-    "DiscriminatorConfig",
-    "LossConfig",
-    "MultiScaleFSQ",
-    "PatchDiscriminator3d",
-    "PerceptualLoss",
-    "TokenizerConfig",
-    "TokenizerEncoding",
-    "TokenizerLoss",
-    "VideoTokenizer",
-    "adaptive_gan_weight",
-    "build_perceptual_loss",
-    "code_usage",
-    "hinge_d_loss",
-    "hinge_g_loss",
-    "load_tokenizer_from_dir",
-    "psnr",
-    "reconstruction_loss",
-    "save_tokenizer",
-    "scale_shapes",
-    "ssim",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_SUBMODULE_OF = {
+    "DiscriminatorConfig": "config",
+    "LossConfig": "config",
+    "TokenizerConfig": "config",
+    "PatchDiscriminator3d": "discriminator",
+    "FSQ": "fsq",
+    "TokenizerLoss": "losses",
+    "adaptive_gan_weight": "losses",
+    "hinge_d_loss": "losses",
+    "hinge_g_loss": "losses",
+    "reconstruction_loss": "losses",
+    "code_usage": "metrics",
+    "psnr": "metrics",
+    "ssim": "metrics",
+    "MultiScaleFSQ": "multiscale",
+    "scale_shapes": "multiscale",
+    "PerceptualLoss": "perceptual",
+    "build_perceptual_loss": "perceptual",
+    "TokenizerEncoding": "tokenizer",
+    "VideoTokenizer": "tokenizer",
+    "load_tokenizer_from_dir": "tokenizer",
+    "save_tokenizer": "tokenizer",
+}
+
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """Import `name` from its submodule on first access (PEP 562)."""
+    submodule = _SUBMODULE_OF.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{submodule}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULE_OF))

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-
-class DiscriminatorConfig(BaseModel):
-    """Width and depth of the PatchGAN discriminator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    in_channels: int = 3
-    base_channels: int = 64
-    # Strided layers (each halves T, H and W); the receptive field grows with them.
-    num_layers: int = 3
-    max_norm_groups: int = 32
+from models.tokenizer.config import DiscriminatorConfig
 
 
 class PatchDiscriminator3d(nn.Module):

@@ -21,27 +21,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from models.tokenizer.discriminator import DiscriminatorConfig, PatchDiscriminator3d
+from models.tokenizer.config import LossConfig
+from models.tokenizer.discriminator import PatchDiscriminator3d
 from models.tokenizer.perceptual import build_perceptual_loss
-
-
-class LossConfig(BaseModel):
-    """Weights and schedule of the tokenizer losses."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    # VGG16 safetensors file (see perceptual.py); None turns the perceptual loss off.
-    perceptual_weights_path: str | None = None
-    perceptual_weight: float = 0.1
-    gan_weight: float = 0.1
-    gan_start_step: int = 2000
-    adaptive_weight_max: float = 1e4
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
 
 
 def reconstruction_loss(

@@ -22,29 +22,15 @@ generator, like the gains.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from models.tokenizer.config import UpsampleMode, default_scale_gains
 from models.tokenizer.fsq import FSQ
-
-UpsampleMode = Literal["bilinear", "bicubic", "nearest"]
-
-
-def default_scale_gains(scales: Sequence[int]) -> list[float]:
-    """Per-scale gains sqrt(s_k / s_0): doubling a scale's side multiplies its gain by sqrt(2).
-
-    A gain trades range for resolution: scale k's codes cover +-1/g_k in steps of 1/(g_k L/2).
-    Too small and fine residuals round to the zero code; too large and they saturate and the
-    last scale's error stays. On synthetic latents with 1/f-like spectra, sqrt growth was near
-    the lowest final error for both (1, 2, 4, 8, 16) and VAR's ten scales, where 2**k saturated.
-    """
-    return [math.sqrt(s / scales[0]) for s in scales]
 
 
 def scale_shapes(scales: Sequence[int], height: int, width: int) -> list[tuple[int, int]]:

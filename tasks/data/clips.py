@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from tasks import storage
+from tasks.data.tar import read_samples
 from tasks.data.video import decode_clip
 
 
 def iter_shard(shard_uri: str) -> Iterator[tuple[dict[str, Any], bytes]]:
     """(metadata, mp4 bytes) for every clip of one shard, in shard order (streamed, local or S3)."""
-    pending: dict[str, dict[str, Any]] = {}
-    with storage.open_read(shard_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member).read()
-            entry = pending.setdefault(key, {})
-            entry[ext] = data
-            if "mp4" in entry and "json" in entry:
-                del pending[key]
-                yield json.loads(entry["json"]), entry["mp4"]
+    for _, members in read_samples(shard_uri):
+        if "mp4" in members and "json" in members:
+            yield json.loads(members["json"]), members["mp4"]
 
 
 class DecodedClipCache:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
 from pydantic import BaseModel
 
 from tasks import storage
+from tasks.data.manifest import LATEST_FILE, MANIFEST_FILE, read_latest, read_manifest
 
 
 class DatasetRef(BaseModel):
@@ -22,7 +22,7 @@ class DatasetRef(BaseModel):
     @property
     def manifest_uri(self) -> str:
         """The manifest this version was read from."""
-        return storage.join(self.root, self.version, "manifest.jsonl")
+        return storage.join(self.root, self.version, MANIFEST_FILE)
 
     def shard_uri(self, shard: str) -> str:
         """Full URI of a shard named in a manifest row."""
@@ -41,14 +41,15 @@ def resolve_dataset(reference: str) -> DatasetRef:
     root, _, version = reference.partition("@")
     root = root.rstrip("/")
     if not version:
-        latest = storage.join(root, "latest.json")
-        if not storage.exists(latest):
+        latest = read_latest(root)
+        if latest is None:
             raise FileNotFoundError(
-                f"{root}: no ingested dataset here (no latest.json); run `arvid ingest` first or give <root>/<name>@<version>"
+                f"{root}: no ingested dataset here (no {LATEST_FILE}); run `arvid ingest` first or give <root>/<name>@<version>"
             )
-        version = json.loads(storage.read_text(latest))["version"]
-    manifest = storage.join(root, version, "manifest.jsonl")
+        version = latest
+    manifest = storage.join(root, version, MANIFEST_FILE)
     if not storage.exists(manifest):
         raise FileNotFoundError(f"{manifest}: dataset version {version!r} not found under {root}")
-    rows = [json.loads(line) for line in storage.read_text(manifest).splitlines() if line.strip()]
-    return DatasetRef(root=root, name=root.rsplit("/", 1)[-1], version=version, rows=rows)
+    return DatasetRef(
+        root=root, name=root.rsplit("/", 1)[-1], version=version, rows=read_manifest(manifest)
+    )

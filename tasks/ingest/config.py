@@ -47,6 +47,11 @@ class IngestConfig(StrictModel):
     decode_timeout_s: float = Field(
         120.0, gt=0, description="a worker stuck longer on one input is killed"
     )
+    strict_frame_count: bool = Field(
+        False,
+        description="quarantine a video that decodes fewer frames than its header promises; by "
+        "default its clips that decode cleanly are kept, marked partial in the manifest",
+    )
     progress: bool = True
 
     @model_validator(mode="after")

@@ -206,22 +206,31 @@ def output_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 
 
 class _Decoder:
-    """decord first; PyAV when decord is missing or fails on this file."""
+    """decord first; PyAV when decord is missing or fails on this file.
 
-    def __init__(self, path: str, probe: VideoProbe, size: tuple[int, int]) -> None:
+    A file whose header promises more frames than decode (cut off, or damaged at the end) is
+    `partial`: with `strict` it is rejected as truncated; otherwise the clips that lie wholly in
+    the frames that decoded cleanly are kept, and the rest are dropped (None).
+    """
+
+    def __init__(
+        self, path: str, probe: VideoProbe, size: tuple[int, int], strict: bool = False
+    ) -> None:
         self.path = path
         self.probe = probe
         self.size = size
+        self.strict = strict
         self.name = "decord"
         self.decoded = 0
+        self.partial = False
 
     def _expected_at_least(self) -> int:
         if self.probe.frames_exact:
             return self.probe.frames
         return math.ceil(TRUNCATION_TOLERANCE * self.probe.frames)
 
-    def clips(self, spans: list[list[int]]) -> list[np.ndarray]:
-        """Frames (T, H, W, 3) uint8 for each list of source indices."""
+    def clips(self, spans: list[list[int]]) -> list[np.ndarray | None]:
+        """Frames (T, H, W, 3) uint8 for each list of source indices; None where it did not decode."""
         try:
             return self._decord(spans)
         except Exception:  # noqa: BLE001 - any decord failure means: try the other decoder
@@ -229,7 +238,7 @@ class _Decoder:
             self.decoded = 0
             return self._pyav(spans)
 
-    def _decord(self, spans: list[list[int]]) -> list[np.ndarray]:
+    def _decord(self, spans: list[list[int]]) -> list[np.ndarray | None]:
         import decord
 
         width, height = self.size
@@ -241,7 +250,7 @@ class _Decoder:
         reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1, **resize)
         if len(reader) < self._expected_at_least():
             raise RuntimeError(f"decord sees {len(reader)} of {self.probe.frames} frames")
-        out = []
+        out: list[np.ndarray | None] = []
         for indices in spans:
             batch = reader.get_batch(indices).asnumpy()
             self.decoded += len(indices)
@@ -251,32 +260,73 @@ class _Decoder:
         reader.get_batch([len(reader) - 1])
         return out
 
-    def _pyav(self, spans: list[list[int]]) -> list[np.ndarray]:
-        import av
-
+    def _pyav(self, spans: list[list[int]]) -> list[np.ndarray | None]:
         needed = {i for indices in spans for i in indices}
-        frames: dict[int, np.ndarray] = {}
-        width, height = self.size
-        count = 0
-        error: Exception | None = None
-        try:
-            with av.open(self.path) as container:
-                for index, frame in enumerate(container.decode(video=0)):
-                    count = index + 1
-                    if index in needed:
-                        frames[index] = frame.to_ndarray(format="rgb24", width=width, height=height)
-        except av.error.FFmpegError as exc:
-            error = exc
-        self.decoded = count
+        frames, error = self._pyav_frames(needed)
+        count = self.decoded
+        if count >= self._expected_at_least() and needed <= frames.keys():
+            return [self._crop_even(np.stack([frames[i] for i in indices])) for indices in spans]
         # Decoding to the end is what tells a truncated file apart from a complete one.
-        if count < self._expected_at_least() or not needed <= frames.keys():
-            detail = f" ({error})" if error else ""
+        detail = f" ({error})" if error else ""
+        problem = f"header promises {self.probe.frames} frames, only {count} decode{detail}"
+        if self.strict:
+            raise Rejected(
+                Reason.TRUNCATED, f"{problem} (ingest.strict_frame_count is on)", "decode"
+            )
+        kept = [
+            self._crop_even(np.stack([frames[i] for i in indices]))
+            if set(indices) <= frames.keys()
+            else None
+            for indices in spans
+        ]
+        if not any(clip is not None for clip in kept):
             raise Rejected(
                 Reason.TRUNCATED,
-                f"header promises {self.probe.frames} frames, only {count} decode{detail}",
+                f"{problem}: no whole clip among them (ingest.clip_frames)",
                 "decode",
             )
-        return [self._crop_even(np.stack([frames[i] for i in indices])) for indices in spans]
+        self.partial = True
+        return kept
+
+    def _pyav_frames(self, needed: set[int]) -> tuple[dict[int, np.ndarray], Exception | None]:
+        """The needed frames of the clean decoded prefix, by index, and the error that ended it."""
+        import av
+
+        frames: dict[int, np.ndarray] = {}
+        width, height = self.size
+        error: Exception | None = None
+
+        def take(decoded: list[av.VideoFrame]) -> bool:
+            for frame in decoded:
+                if frame.is_corrupt:
+                    return False
+                if self.decoded in needed:
+                    frames[self.decoded] = frame.to_ndarray(
+                        format="rgb24", width=width, height=height
+                    )
+                self.decoded += 1
+            return True
+
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                packets = 0
+                for packet in container.demux(stream):
+                    if packet.size == 0:  # demux ends with an empty packet: end of the stream
+                        break
+                    # A packet cut short by the end of the file decodes to a damaged frame.
+                    if packet.is_corrupt or not take(stream.decode(packet)):
+                        break
+                    packets += 1
+                else:
+                    packets = -1  # demux stopped without its end marker: treat as cut off
+                # Flushing a cut-off stream would emit frames held back for reordering past the
+                # gap (B-frames whose neighbours are missing), so only a whole stream is flushed.
+                if packets >= self._expected_at_least():
+                    take(stream.decode(None))
+        except av.error.FFmpegError as exc:
+            error = exc
+        return frames, error
 
     def _crop_even(self, batch: np.ndarray) -> np.ndarray:
         width, height = self.size
@@ -333,33 +383,38 @@ def _make_clips(
     spans = clip_spans(len(indices), config.clip_frames, config.stride)
     source_spans = [indices[start:end] for start, end in spans]
     size = output_size(probe.width, probe.height, config.resize_short_side)
-    decoder = _Decoder(path, probe, size)
+    decoder = _Decoder(path, probe, size, strict=config.strict_frame_count)
     clips = []
     for clip_index, frames in enumerate(decoder.clips(source_spans)):
+        if frames is None:  # beyond what a partial input decoded
+            continue
         mp4 = write_frames_mp4(
             frames, fps=config.fps, crf=config.clip_crf, preset=config.clip_preset
         )
         source_indices = source_spans[clip_index]
         key = clip_key(item.key, clip_index)
-        clips.append(
-            ClipOutput(
-                key=key,
-                mp4=mp4,
-                metadata={
-                    "key": key,
-                    "input": item.key,
-                    "clip_index": clip_index,
-                    "label": item.label,
-                    "caption": item.caption,
-                    "source_start_s": round(source_indices[0] / probe.fps, 6),
-                    "source_end_s": round((source_indices[-1] + 1) / probe.fps, 6),
-                    "fps": config.fps,
-                    "frames": int(frames.shape[0]),
-                    "height": int(frames.shape[1]),
-                    "width": int(frames.shape[2]),
-                    "sha256": hashlib.sha256(mp4).hexdigest(),
-                    "source_metadata": item.metadata,
-                },
+        metadata: dict[str, Any] = {
+            "key": key,
+            "input": item.key,
+            "clip_index": clip_index,
+            "label": item.label,
+            "caption": item.caption,
+            "source_start_s": round(source_indices[0] / probe.fps, 6),
+            "source_end_s": round((source_indices[-1] + 1) / probe.fps, 6),
+            "fps": config.fps,
+            "frames": int(frames.shape[0]),
+            "height": int(frames.shape[1]),
+            "width": int(frames.shape[2]),
+            "sha256": hashlib.sha256(mp4).hexdigest(),
+            "source_metadata": item.metadata,
+        }
+        if decoder.partial:
+            # Only rows of partial inputs carry these, so whole inputs keep their rows (and the
+            # dataset version) exactly as before.
+            metadata.update(
+                partial=True,
+                source_frames_decoded=decoder.decoded,
+                source_frames_promised=probe.frames,
             )
-        )
+        clips.append(ClipOutput(key=key, mp4=mp4, metadata=metadata))
     return clips, decoder.decoded, decoder.name

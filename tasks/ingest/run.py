@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from tasks import storage
+from tasks.data.manifest import jsonl, manifest_version
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.decode import InputResult, process_input
 from tasks.ingest.quarantine import QuarantineRecord, Reason
 from tasks.ingest.shards import (
     Batch,
     BatchRecord,
-    clip_config_digest,
-    dataset_root,
-    jsonl,
-    load_records,
-    manifest_version,
+    DatasetOutput,
+    dataset_output,
     plan_batches,
     publish_batch,
 )
@@ -66,6 +64,11 @@ class IngestSummary(BaseModel):
     clips_per_s: float
     frames_per_s: float
     worker_restarts: int
+    # Inputs whose header promised more frames than decode: their clean clips landed, marked
+    # "partial" in the manifest (ingest.strict_frame_count quarantines them instead).
+    inputs_partial: int = 0
+    # Files a folder/prefix scan passed over, by extension (sources.skipped_extension).
+    skipped_by_extension: dict[str, int] = Field(default_factory=dict)
 
     def line(self) -> str:
         """The one-line human summary."""
@@ -74,12 +77,30 @@ class IngestSummary(BaseModel):
             if self.published_new
             else "nothing new: version already published"
         )
+        partial = f", {self.inputs_partial} partial" if self.inputs_partial else ""
+        skipped = ""
+        if self.skipped_by_extension:
+            counts = ", ".join(f"{ext}: {n}" for ext, n in self.skipped_by_extension.items())
+            skipped = (
+                f", {sum(self.skipped_by_extension.values())} files skipped by extension ({counts})"
+            )
         return (
             f"ingest {self.dataset}@{self.version}: {self.clips_total} clips from {self.inputs_total} inputs "
-            f"({self.inputs_processed} processed, {self.inputs_skipped} already ingested), "
-            f"{self.quarantined_total} quarantined, {self.shards_new} new shards, "
+            f"({self.inputs_processed} processed, {self.inputs_skipped} already ingested{partial}), "
+            f"{self.quarantined_total} quarantined{skipped}, {self.shards_new} new shards, "
             f"{self.clips_per_s:.1f} clips/s; {status} -> {self.manifest}"
         )
+
+
+@dataclass
+class DecodeStats:
+    """What decoding the planned batches did: time (excluding worker start-up) and counts."""
+
+    seconds: float = 0.0
+    clips: int = 0
+    frames: int = 0
+    quarantined: int = 0
+    restarts: int = 0
 
 
 def _initialize_worker(storage_settings: storage.StorageSettings | None) -> None:
@@ -102,17 +123,16 @@ def _failure_result(item: SourceInput, failure: TaskFailure) -> InputResult:
 def process_batches(
     config: IngestConfig,
     batches: list[Batch],
-    root: str,
-    digest: str,
+    output: DatasetOutput,
     storage_settings: storage.StorageSettings | None = None,
-) -> tuple[list[BatchRecord], dict[str, float]]:
+) -> tuple[list[BatchRecord], DecodeStats]:
     """Decode every input of `batches` in supervised workers; publish each batch as soon as it is whole."""
     owner = {item.key: batch.batch_id for batch in batches for item in batch.inputs}
     waiting = {batch.batch_id: len(batch.inputs) for batch in batches}
     results: dict[str, list[InputResult]] = {batch.batch_id: [] for batch in batches}
     by_id = {batch.batch_id: batch for batch in batches}
     records: list[BatchRecord] = []
-    counters = Counter()
+    stats = DecodeStats()
     items = [item for batch in batches for item in batch.inputs]
     work = functools.partial(process_input, config=config)
     progress = tqdm(
@@ -132,10 +152,10 @@ def process_batches(
         for item, outcome in pool.imap_unordered(items):
             result = _failure_result(item, outcome) if isinstance(outcome, TaskFailure) else outcome
             if result.quarantine is not None:
-                counters["quarantined"] += 1
+                stats.quarantined += 1
                 log.warning("quarantined %s", result.quarantine.line())
-            counters["clips"] += len(result.clips)
-            counters["frames"] += result.decoded_frames
+            stats.clips += len(result.clips)
+            stats.frames += result.decoded_frames
             batch_id = owner[item.key]
             results[batch_id].append(result)
             waiting[batch_id] -= 1
@@ -143,28 +163,20 @@ def process_batches(
                 done = results.pop(batch_id)
                 records.append(
                     publish_batch(
-                        root,
+                        output,
                         by_id[batch_id],
-                        digest,
                         [clip for r in done for clip in r.clips],
                         [r.quarantine for r in done if r.quarantine is not None],
                     )
                 )
             progress.update(1)
-            progress.set_postfix(
-                clips=counters["clips"], quarantined=counters["quarantined"], refresh=False
-            )
-        counters["restarts"] = pool.restarts
-    seconds = time.perf_counter() - started
-    return records, {
-        "seconds": seconds,
-        "clips": counters["clips"],
-        "frames": counters["frames"],
-        "restarts": counters["restarts"],
-    }
+            progress.set_postfix(clips=stats.clips, quarantined=stats.quarantined, refresh=False)
+        stats.restarts = pool.restarts
+    stats.seconds = time.perf_counter() - started
+    return records, stats
 
 
-def _select_records(discovery: Discovery, records: list[BatchRecord]) -> dict[str, BatchRecord]:
+def _select_records(discovery: Discovery, records: Iterable[BatchRecord]) -> dict[str, BatchRecord]:
     """For each current input, the record that ingested it at its current size (first by batch id)."""
     sizes = {item.key: item.size for item in discovery.inputs}
     chosen: dict[str, BatchRecord] = {}
@@ -175,27 +187,19 @@ def _select_records(discovery: Discovery, records: list[BatchRecord]) -> dict[st
     return chosen
 
 
-def _write_if_absent(uri: str, text: str) -> bool:
-    if storage.exists(uri):
-        return False
-    storage.write_text(uri, text)
-    return True
-
-
 def ingest_dataset(
     config: IngestConfig, storage_settings: storage.StorageSettings | None = None
 ) -> IngestSummary:
     """Ingest `config.source` into a versioned dataset of webdataset clip shards; resumable and idempotent."""
-    root = dataset_root(config)
-    digest = clip_config_digest(config)
+    output = dataset_output(config)
     with tempfile.TemporaryDirectory(prefix="arvid-staging-") as staging:
         discovery = discover_inputs(config.source, Path(staging))
         log.info("%s: %d inputs found (%s)", config.source, len(discovery.inputs), discovery.kind)
-        done = _select_records(discovery, load_records(root, digest))
-        batches = plan_batches(discovery.inputs, done, config.inputs_per_shard, digest)
-        new_records, stats = process_batches(config, batches, root, digest, storage_settings)
+        done = _select_records(discovery, output.complete_records().values())
+        batches = plan_batches(discovery.inputs, done, config.inputs_per_shard, output)
+        new_records, stats = process_batches(config, batches, output, storage_settings)
 
-    chosen = _select_records(discovery, load_records(root, digest))
+    chosen = _select_records(discovery, output.complete_records().values())
     rows = sorted(
         (row for key, record in chosen.items() for row in record.clips if row["input"] == key),
         key=lambda row: row["key"],
@@ -206,12 +210,10 @@ def ingest_dataset(
         key=lambda q: (q.input, q.reason_code),
     )
     manifest_text = jsonl(rows)
-    version = manifest_version(manifest_text)
-    version_root = storage.join(root, version)
     by_reason = Counter(q.reason_code.value for q in quarantine)
     info: dict[str, Any] = {
         "name": config.name,
-        "version": version,
+        "version": manifest_version(manifest_text),
         "source": config.source,
         "source_kind": discovery.kind,
         "clips": len(rows),
@@ -219,59 +221,42 @@ def ingest_dataset(
         "quarantined": len(quarantine),
         "quarantined_by_reason": dict(sorted(by_reason.items())),
         "shards": sorted({row["shard"] for row in rows}),
-        "clip_config": digest,
+        "clip_config": output.digest,
         "config": config.model_dump(mode="json"),
     }
-    # The manifest is the commit point of a version: the other files go first.
-    quarantine_uri = storage.join(version_root, "quarantine.jsonl")
-    quarantine_text = jsonl(q.model_dump(mode="json") for q in quarantine)
     # Same manifest, other rejects (e.g. a broken file was added): the version keeps the latest list.
-    if not storage.exists(quarantine_uri) or storage.read_text(quarantine_uri) != quarantine_text:
-        storage.write_text(quarantine_uri, quarantine_text)
-    _write_if_absent(
-        storage.join(version_root, "dataset.json"),
-        json.dumps(
-            {**info, "created": datetime.now(UTC).isoformat(timespec="seconds")},
-            indent=2,
-            sort_keys=True,
-        ),
+    commit = output.commit(
+        manifest_text,
+        {
+            "quarantine.jsonl": jsonl(q.model_dump(mode="json") for q in quarantine),
+            "dataset.json": info,
+        },
     )
-    published = _write_if_absent(storage.join(version_root, "manifest.jsonl"), manifest_text)
-    latest = storage.join(root, "latest.json")
-    if (
-        published
-        or not storage.exists(latest)
-        or json.loads(storage.read_text(latest)).get("version") != version
-    ):
-        storage.write_text(latest, json.dumps({"version": version}, sort_keys=True))
 
-    seconds = stats["seconds"]
+    seconds = stats.seconds
     processed = sum(len(b.inputs) for b in batches)
     return IngestSummary(
         dataset=config.name,
-        version=version,
-        dataset_root=root,
-        manifest=storage.join(version_root, "manifest.jsonl"),
-        quarantine_file=storage.join(version_root, "quarantine.jsonl"),
+        version=commit.version,
+        dataset_root=output.root,
+        manifest=commit.manifest,
+        quarantine_file=storage.join(commit.folder, "quarantine.jsonl"),
         source=config.source,
         source_kind=discovery.kind,
         inputs_total=len(discovery.inputs),
         inputs_processed=processed,
         inputs_skipped=len(discovery.inputs) - processed,
         clips_total=len(rows),
-        clips_new=int(stats["clips"]),
+        clips_new=stats.clips,
         quarantined_total=len(quarantine),
         quarantined_by_reason=dict(sorted(by_reason.items())),
         shards_new=sum(1 for r in new_records if r.shard),
-        published_new=published,
-        decoded_frames=int(stats["frames"]),
+        published_new=commit.published,
+        decoded_frames=stats.frames,
         process_seconds=round(seconds, 3),
-        clips_per_s=round(stats["clips"] / seconds, 3) if seconds > 0 and processed else 0.0,
-        frames_per_s=round(stats["frames"] / seconds, 3) if seconds > 0 and processed else 0.0,
-        worker_restarts=int(stats["restarts"]),
+        clips_per_s=round(stats.clips / seconds, 3) if seconds > 0 and processed else 0.0,
+        frames_per_s=round(stats.frames / seconds, 3) if seconds > 0 and processed else 0.0,
+        worker_restarts=stats.restarts,
+        inputs_partial=len({row["input"] for row in rows if row.get("partial")}),
+        skipped_by_extension=discovery.skipped_by_extension,
     )
-
-
-def read_manifest(uri: str) -> list[dict[str, Any]]:
-    """Rows of a dataset manifest."""
-    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]

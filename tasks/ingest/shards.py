@@ -1,10 +1,11 @@
-"""Deterministic batches, webdataset shard writing, completion records, manifests and versions.
+"""Ingestion's sharded output: deterministic batches of inputs, clip shards and their records.
 
-Resuming is "skip what is complete": inputs are sorted and cut into fixed-size batches; a batch
-is one shard, named by a hash of its inputs and of the config that shapes clips. A batch is
-complete once its record (batches/<id>.json) exists, and the record is written only after the
-shard itself is published. Completed batches are whole chunks of the sorted list, so removing
-them leaves the remaining chunks - and so their names - exactly as an uninterrupted run has them.
+Published through the sharded-output protocol (tasks/data/sharded_output.py) under
+<output_root>/<name>/: shards/<batch>.tar, batches/<batch>.json (completion records), and one
+<version>/ folder per manifest with latest.json beside them. Inputs are sorted and cut into
+fixed-size batches; a batch is one shard, named by a hash of its inputs and of the config that
+shapes clips. Completed batches are whole chunks of the sorted list, so removing them leaves the
+remaining chunks - and so their names - exactly as an uninterrupted run has them.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks import storage
+from tasks.data.sharded_output import ShardedOutput, ShardRecord
 from tasks.data.tar import deterministic_tar
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.decode import ClipOutput
 from tasks.ingest.quarantine import QuarantineRecord
 from tasks.ingest.sources import SourceInput
 
-RECORD_FORMAT = 1
+# 2: records carry the protocol's digest, shard size and hash (1 had only `clip_config`).
+RECORD_FORMAT = 2
 
 # Fields of IngestConfig that change what a clip contains; the rest (workers, progress, ...) do not.
 CLIP_SHAPING_FIELDS = (
@@ -38,6 +41,7 @@ CLIP_SHAPING_FIELDS = (
     "resize_short_side",
     "clip_crf",
     "clip_preset",
+    "strict_frame_count",
 )
 
 
@@ -48,16 +52,17 @@ class Batch(BaseModel):
     inputs: list[SourceInput]
 
 
-class BatchRecord(BaseModel):
+class BatchRecord(ShardRecord):
     """The completion record of a batch: which inputs, their clips' rows, and what was rejected."""
 
     format: int = RECORD_FORMAT
     batch_id: str
-    clip_config: str
-    shard: str | None
     inputs: dict[str, int]  # input key -> size in bytes when ingested
     clips: list[dict[str, Any]]
     quarantine: list[QuarantineRecord]
+
+
+DatasetOutput = ShardedOutput[BatchRecord]
 
 
 def clip_config_digest(config: IngestConfig) -> str:
@@ -71,30 +76,31 @@ def dataset_root(config: IngestConfig) -> str:
     return storage.join(config.output_root, config.name)
 
 
+def dataset_output(config: IngestConfig) -> DatasetOutput:
+    """The dataset's sharded output: records in batches/, one folder per version, latest.json."""
+    return ShardedOutput(
+        dataset_root(config),
+        clip_config_digest(config),
+        BatchRecord,
+        records_dir="batches",
+        versioned=True,
+    )
+
+
 def plan_batches(
-    inputs: list[SourceInput], done: set[str] | dict[str, Any], per_batch: int, digest: str
+    inputs: list[SourceInput],
+    done: set[str] | dict[str, Any],
+    per_batch: int,
+    output: DatasetOutput,
 ) -> list[Batch]:
     """Cut the inputs not yet done (sorted by key) into fixed-size batches with content-derived ids."""
     todo = sorted((item for item in inputs if item.key not in done), key=lambda item: item.key)
     batches = []
     for start in range(0, len(todo), per_batch):
         chunk = todo[start : start + per_batch]
-        identity = "\n".join([digest] + [f"{item.key}\t{item.size}" for item in chunk])
-        batch_id = "shard-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+        batch_id = output.unit_id(f"{item.key}\t{item.size}" for item in chunk)
         batches.append(Batch(batch_id=batch_id, inputs=chunk))
     return batches
-
-
-def load_records(root: str, digest: str) -> list[BatchRecord]:
-    """Completion records under `root` written with the same clip config."""
-    records = []
-    for uri in storage.list_prefix(storage.join(root, "batches"), recursive=False):
-        if not uri.endswith(".json"):
-            continue
-        record = BatchRecord.model_validate_json(storage.read_text(uri))
-        if record.clip_config == digest:
-            records.append(record)
-    return records
 
 
 def shard_bytes(clips: Iterable[ClipOutput]) -> bytes:
@@ -107,39 +113,21 @@ def shard_bytes(clips: Iterable[ClipOutput]) -> bytes:
 
 
 def publish_batch(
-    root: str,
+    output: DatasetOutput,
     batch: Batch,
-    digest: str,
     clips: list[ClipOutput],
     quarantine: list[QuarantineRecord],
 ) -> BatchRecord:
-    """Publish the shard (atomically), then its completion record; returns the record."""
-    shard_name = f"shards/{batch.batch_id}.tar" if clips else None
-    if shard_name is not None:
-        storage.write_bytes(storage.join(root, shard_name), shard_bytes(clips))
+    """Publish the batch's shard (atomically, when it has clips), then its completion record."""
+    shard_name = output.shard_name(batch.batch_id) if clips else None
     rows = [
         {**clip.metadata, "shard": shard_name, "bytes": len(clip.mp4)}
         for clip in sorted(clips, key=lambda c: c.key)
     ]
     record = BatchRecord(
         batch_id=batch.batch_id,
-        clip_config=digest,
-        shard=shard_name,
         inputs={item.key: item.size for item in batch.inputs},
         clips=rows,
         quarantine=sorted(quarantine, key=lambda r: r.input),
     )
-    storage.write_text(
-        storage.join(root, "batches", f"{batch.batch_id}.json"), record.model_dump_json()
-    )
-    return record
-
-
-def jsonl(rows: Iterable[dict[str, Any]]) -> str:
-    """Canonical JSON lines: sorted keys, one row per line, trailing newline."""
-    return "".join(json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n" for row in rows)
-
-
-def manifest_version(manifest_text: str) -> str:
-    """Dataset version: the content hash of the manifest."""
-    return hashlib.sha256(manifest_text.encode()).hexdigest()[:16]
+    return output.publish(batch.batch_id, shard_bytes(clips) if clips else None, record)

@@ -5,16 +5,44 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from tasks import storage
+from tasks.data.tar import ShardReadError, read_samples
 from tasks.ingest.quarantine import QuarantineRecord, Reason
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+# Containers FFmpeg reads that a folder or prefix scan takes as videos. A file listed in a manifest
+# is ingested whatever its name; content decides there (probe_video rejects what is not a video).
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".mpe",
+    ".m1v",
+    ".m2v",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".vob",
+    ".wmv",
+    ".asf",
+    ".flv",
+    ".f4v",
+    ".3gp",
+    ".3g2",
+    ".ogv",
+    ".divx",
+    ".mxf",
+    ".dv",
+)
 MANIFEST_EXTENSIONS = (".jsonl", ".csv")
 
 
@@ -30,12 +58,14 @@ class SourceInput(BaseModel):
 
 
 class Discovery(BaseModel):
-    """What a source holds: inputs sorted by key, plus inputs rejected before any decoding."""
+    """What a source holds: inputs sorted by key, inputs rejected before any decoding, and the
+    files a folder/prefix scan passed over, counted by extension (see `skipped_extension`)."""
 
     source: str
     kind: str
     inputs: list[SourceInput]
     quarantine: list[QuarantineRecord]
+    skipped_by_extension: dict[str, int] = Field(default_factory=dict)
 
 
 def _relative_key(uri: str, root: str) -> str:
@@ -45,6 +75,28 @@ def _relative_key(uri: str, root: str) -> str:
 
 def _is_video(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _extension(name: str) -> str:
+    """Lower-case extension without the dot ("mpg"), or "none" for a name without one."""
+    suffix = PurePosixPath(name).suffix.lower()[1:]
+    # Counted under this name in metrics too (skipped_ext_<ext>), which allow few characters.
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in suffix) or "none"
+
+
+def skipped_extension(key: str, video_stems: set[str]) -> str | None:
+    """The extension to count a non-video file of a folder scan under, or None if it is expected.
+
+    Expected companions are not skipped videos: manifests (.jsonl, .csv) and sidecars that share a
+    video's folder and stem (`a.json` or `a.txt` beside `a.mp4`, as video2dataset writes them).
+    Everything else - `notes.txt`, a `.rmvb` arvid does not scan for - is counted.
+    """
+    if key.lower().endswith(MANIFEST_EXTENSIONS):
+        return None
+    path = PurePosixPath(key)
+    if str(path.with_suffix("")) in video_stems:
+        return None
+    return _extension(key)
 
 
 def _folder_label(key: str) -> str | None:
@@ -159,16 +211,11 @@ def _shard_members(
     target = staging_dir / shard_name.replace(".tar", "")
     target.mkdir(parents=True, exist_ok=True)
     try:
-        with (
-            storage.open_read(shard_uri) as stream,
-            tarfile.open(fileobj=stream, mode="r|*") as tar,
-        ):
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = PurePosixPath(member.name).name
-                key, _, ext = name.partition(".")
-                data = tar.extractfile(member).read()
+        for sample_key, members in read_samples(shard_uri):
+            # Staged and keyed by basename, as video2dataset names its members.
+            key = PurePosixPath(sample_key).name
+            for ext, data in members.items():
+                name = f"{key}.{ext}"
                 if _is_video(name):
                     local = target / name
                     local.write_bytes(data)
@@ -178,12 +225,13 @@ def _shard_members(
                         sidecars[key] = json.loads(data)
                     except json.JSONDecodeError:
                         sidecars[key] = {}
-    except (tarfile.TarError, OSError, storage.StorageError) as exc:
+    except OSError as exc:  # ShardReadError, storage errors, staging writes
+        detail = str(exc) if isinstance(exc, ShardReadError) else f"{type(exc).__name__}: {exc}"
         quarantine.append(
             QuarantineRecord(
                 input=shard_name,
                 reason_code=Reason.READ_ERROR,
-                reason=f"webdataset shard cannot be read ({type(exc).__name__}: {exc})",
+                reason=f"webdataset shard cannot be read ({detail})",
                 stage="discover",
             )
         )
@@ -208,11 +256,13 @@ def discover_prefix(root: str, staging_dir: Path) -> Discovery:
     if not storage.is_s3(root) and not Path(root).is_dir():
         raise FileNotFoundError(f"{root}: source folder not found (ingest.source)")
     uris = storage.list_prefix(root, recursive=True)
+    keys = {uri: _relative_key(uri, root) for uri in uris}
+    video_stems = {str(PurePosixPath(k).with_suffix("")) for k in keys.values() if _is_video(k)}
     inputs: list[SourceInput] = []
     quarantine: list[QuarantineRecord] = []
+    skipped: dict[str, int] = {}
     kinds = set()
-    for uri in uris:
-        key = _relative_key(uri, root)
+    for uri, key in keys.items():
         if _is_video(key):
             kinds.add("folder")
             inputs.append(
@@ -223,7 +273,11 @@ def discover_prefix(root: str, staging_dir: Path) -> Discovery:
             members, bad = _shard_members(uri, staging_dir)
             inputs.extend(members)
             quarantine.extend(bad)
-    return _finish(root, "+".join(sorted(kinds)) or "empty", inputs, quarantine)
+        elif (extension := skipped_extension(key, video_stems)) is not None:
+            skipped[extension] = skipped.get(extension, 0) + 1
+    discovery = _finish(root, "+".join(sorted(kinds)) or "empty", inputs, quarantine)
+    discovery.skipped_by_extension = dict(sorted(skipped.items()))
+    return discovery
 
 
 def _finish(

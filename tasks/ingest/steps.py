@@ -43,10 +43,13 @@ def record_ingest_run(summary: IngestSummary, config: ArvidConfig) -> str:
             "frames_per_s": summary.frames_per_s,
             "process_seconds": summary.process_seconds,
             "worker_restarts": summary.worker_restarts,
+            "inputs_partial": summary.inputs_partial,
+            "skipped_total": sum(summary.skipped_by_extension.values()),
         }
         metrics.update(
             {f"quarantined_{reason}": n for reason, n in summary.quarantined_by_reason.items()}
         )
+        metrics.update({f"skipped_ext_{ext}": n for ext, n in summary.skipped_by_extension.items()})
         tracking.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             for uri in (summary.manifest, summary.quarantine_file):

@@ -8,9 +8,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from models.generator.schedules import ScheduleConfig
-from models.generator.transformer import GeneratorConfig
-from models.generator.videoar import ErrorCorrectionConfig, FrameMaskConfig, LongContextConfig
+from models.generator.config import (
+    ErrorCorrectionConfig,
+    FrameMaskConfig,
+    GeneratorConfig,
+    LongContextConfig,
+    ScheduleConfig,
+)
 from tasks.config import StrictModel
 
 ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale"]
@@ -74,6 +78,15 @@ class StageConfig(StrictModel):
                     f"schedule next_scale, not {self.schedule}"
                 )
         return self
+
+    @property
+    def needs_latents(self) -> bool:
+        """True when training re-quantizes from the tokenizer's continuous latents (Infinity-style
+        error correction), so its tokens must be stored with them."""
+        correction = self.error_correction
+        return (
+            self.schedule == "next_scale" and correction.enabled and correction.mode == "infinity"
+        )
 
     def schedule_config(self) -> ScheduleConfig:
         """The token schedule of a single-scale stage."""

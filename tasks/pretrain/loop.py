@@ -14,24 +14,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.generator.config import GeneratorConfig, VideoARConfig
 from models.generator.persist import build_generator, unwrap_generator
 from models.generator.schedules import Schedule, build_schedule
-from models.generator.transformer import Generator, GeneratorConfig
-from models.generator.videoar import VideoAR, VideoARConfig
+from models.generator.transformer import Generator
+from models.generator.videoar import VideoAR
 from tasks import storage
 from tasks.pretrain.batch_plan import BatchPlan
 from tasks.pretrain.checkpoints import StageCheckpoints
 from tasks.pretrain.config import StageConfig
 from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
+from tasks.train.events import MetricsEvent
+from tasks.train.worker import WorkerContext
 
 log = logging.getLogger("arvid.pretrain")
 
@@ -48,6 +50,8 @@ class TrainOptions:
     log_every: int = 10
     val_every: int | None = None
     val_batch_size: int = 16
+    flops_per_token: float | None = None  # with a peak: tokens/s -> MFU in the step metrics
+    peak_flops: float | None = None
 
 
 @dataclass
@@ -56,7 +60,7 @@ class StageSpec:
 
     stage: StageConfig
     model: GeneratorConfig  # vocab_size and num_classes already set
-    videoar: VideoARConfig | None  # set for next_scale stages
+    videoar: VideoARConfig | None  # the token layout of next_scale stages (switches: the stage's)
     train: TokenClips
     val: TokenClips | None
     run_dir: str  # this stage's checkpoints
@@ -64,25 +68,6 @@ class StageSpec:
     seed: int
     options: TrainOptions
     storage: StorageSettings
-
-
-@dataclass
-class StepEvent:
-    """Training progress every log_every steps (rank 0, averaged over workers)."""
-
-    step: int
-    lr: float
-    loss_bits: float
-    grad_norm: float
-    tokens_per_s: float
-
-
-@dataclass
-class ValidationEvent:
-    """Held-out bits per token at a step."""
-
-    step: int
-    val_bits: float
 
 
 @dataclass
@@ -96,44 +81,6 @@ class StageResult:
     val_bits: float | None
     tokens_per_s: float
     seconds: float
-
-
-Event = StepEvent | ValidationEvent
-
-
-@dataclass
-class WorkerContext:
-    """Where a copy of the loop runs: rank, world size, device, and where rank 0's events go."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    publish: Callable[[Event], None] = lambda event: None
-
-    @property
-    def distributed(self) -> bool:
-        """True inside a process group of more than one worker."""
-        return self.world_size > 1 and torch.distributed.is_initialized()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP-wrap a module when distributed."""
-        if not self.distributed:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-    def mean(self, value: float) -> float:
-        """The average of a scalar over the workers."""
-        if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return float(tensor) / self.world_size
-
-    def barrier(self) -> None:
-        """Wait for every worker (rank 0 writes checkpoints, the others must not run ahead)."""
-        if self.distributed:
-            torch.distributed.barrier()
 
 
 def learning_rate(stage: StageConfig, step: int, total: int) -> float:
@@ -152,12 +99,30 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
+@dataclass
+class Batch:
+    """One worker's clips of a step: ids per scale (B, t, h_k, w_k), class ids, latents if any."""
+
+    scales: list[torch.Tensor]
+    labels: torch.Tensor
+    continuous: torch.Tensor | None  # (B, D, t, h, w): VideoAR's error correction needs it
+
+
 class StageModel:
     """The trained module, its schedule and how a batch of clip numbers becomes a loss."""
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
-        self.module = build_generator(spec.model, spec.videoar)
+        videoar = spec.videoar
+        if videoar is not None:  # the stage's switches win: one place says what training does
+            videoar = videoar.model_copy(
+                update={
+                    "error_correction": spec.stage.error_correction,
+                    "frame_mask": spec.stage.frame_mask,
+                    "long_context": spec.stage.long_context,
+                }
+            )
+        self.module = build_generator(spec.model, videoar)
         generator, _ = unwrap_generator(self.module)
         self.generator: Generator = generator
         self.schedule: Schedule | None = None
@@ -166,26 +131,28 @@ class StageModel:
             self.schedule = build_schedule(spec.stage.schedule_config(), (t, h, w))
             self.schedule.check_learned_inputs(spec.model.max_learned_inputs)
 
-    def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> tuple:
-        """(per-scale index tensors, labels) of the given clip numbers, on `device`."""
-        scales = [torch.from_numpy(a[rows]).to(device) for a in clips.scales]
-        return scales, torch.from_numpy(clips.labels[rows]).to(device)
+    def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> Batch:
+        """The given clip numbers as tensors on `device`."""
+        continuous = None
+        if clips.continuous is not None:
+            continuous = torch.from_numpy(clips.continuous[rows]).to(device)
+        return Batch(
+            scales=[torch.from_numpy(a[rows]).to(device) for a in clips.scales],
+            labels=torch.from_numpy(clips.labels[rows]).to(device),
+            continuous=continuous,
+        )
 
-    def loss(
-        self,
-        wrapped: nn.Module,
-        scales: list[torch.Tensor],
-        labels: torch.Tensor,
-        perturb: bool,
-    ) -> torch.Tensor:
+    def loss(self, wrapped: nn.Module, batch: Batch, perturb: bool) -> torch.Tensor:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
         if isinstance(self.module, VideoAR):
-            logits, targets = wrapped(scales, labels, perturb=perturb)
+            logits, targets = wrapped(
+                batch.scales, batch.labels, continuous=batch.continuous, perturb=perturb
+            )
         else:
-            schedule = self.schedule.to(scales[0].device)
-            targets = schedule.tokens_to_sequence(scales[0])  # (B, N)
+            schedule = self.schedule.to(batch.labels.device)
+            targets = schedule.tokens_to_sequence(batch.scales[0])  # (B, N)
             inputs = schedule.input_ids(targets, self.generator.config.vocab_size)
-            logits = wrapped(inputs, schedule.coords, schedule.group, labels)
+            logits = wrapped(inputs, schedule.coords, schedule.group, batch.labels)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
@@ -199,13 +166,17 @@ def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_s
     try:
         for start in range(0, len(clips), batch_size):
             rows = np.arange(start, min(start + batch_size, len(clips)))
-            scales, labels = model.batch(clips, rows, device)
-            nats = model.loss(module, scales, labels, perturb=False)
+            nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
             total += float(nats) * len(rows)
             count += len(rows)
     finally:
         module.train(was_training)
     return total / count / math.log(2.0)
+
+
+def _validate_all(model: StageModel, spec: StageSpec, worker: WorkerContext) -> float:
+    bits = validate(model, spec.val, worker.device, spec.options.val_batch_size)
+    return worker.mean({"bits": bits})["bits"]  # every worker scores the same clips: equal
 
 
 def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResult | None:
@@ -257,11 +228,9 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         torch.manual_seed(step_seed(spec.seed, step, worker.rank))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(spec.stage, step, total)
-        scales, labels = model.batch(
-            spec.train, plan.worker_batch(step, worker.rank), worker.device
-        )
+        batch = model.batch(spec.train, plan.worker_batch(step, worker.rank), worker.device)
         with autocast:
-            loss = model.loss(wrapped, scales, labels, perturb=True)
+            loss = model.loss(wrapped, batch, perturb=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = spec.stage.grad_clip if spec.stage.grad_clip is not None else float("inf")
@@ -272,34 +241,36 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         done = step + 1
         if done % options.log_every == 0 or done == total:
             seconds = time.perf_counter() - window_started
-            last_bits = worker.mean(window_loss / window_steps) / math.log(2.0)
-            worker.publish(
-                StepEvent(
-                    step=done,
-                    lr=optimizer.param_groups[0]["lr"],
-                    loss_bits=last_bits,
-                    grad_norm=grad_norm,
-                    tokens_per_s=tokens_per_step * window_steps / max(seconds, 1e-9),
-                )
-            )
+            last_bits = worker.mean({"nats": window_loss / window_steps})["nats"] / math.log(2.0)
+            tokens_per_s = tokens_per_step * window_steps / max(seconds, 1e-9)
+            metrics = {
+                "loss_bits_per_token": last_bits,
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+            }
+            if options.flops_per_token and options.peak_flops:
+                metrics["mfu"] = tokens_per_s * options.flops_per_token / options.peak_flops
+            worker.publish(MetricsEvent(step=done, metrics=metrics))
             window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
         if (
             spec.val is not None
             and options.val_every
             and done % options.val_every == 0 < total - done
         ):
-            val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
-            worker.publish(ValidationEvent(step=done, val_bits=val_bits))
+            val_bits = _validate_all(model, spec, worker)
+            worker.publish(MetricsEvent(step=done, metrics={"val_bits_per_token": val_bits}))
         if done % options.checkpoint_every == 0 or done == total:
             if worker.rank == 0:
                 checkpoints.save(
                     done, module, optimizer, {"stage": spec.stage.name, "total": total}
                 )
-            worker.barrier()
+            if worker.distributed:  # the others wait: nobody runs ahead of a checkpoint
+                torch.distributed.barrier()
     seconds = time.perf_counter() - started
     if spec.val is not None:
-        val_bits = worker.mean(validate(model, spec.val, worker.device, options.val_batch_size))
-        worker.publish(ValidationEvent(step=total, val_bits=val_bits))
+        val_bits = _validate_all(model, spec, worker)
+        worker.publish(MetricsEvent(step=total, metrics={"val_bits_per_token": val_bits}))
     if worker.rank != 0:
         return None
     trained = total - start

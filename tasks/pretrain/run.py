@@ -30,17 +30,17 @@ from tasks.data.datasets import resolve_dataset
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.pretrain.driver import fit_stage
 from tasks.pretrain.loop import (
-    Event,
     StageResult,
     StageSpec,
-    StepEvent,
     TrainOptions,
-    ValidationEvent,
 )
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
 from tasks.settings import ArvidConfig
-from tasks.tokenize.run import TokenizeSummary, tokenize_dataset
+from tasks.tokenize.report import TokenizeSummary
+from tasks.tokenize.run import tokenize_dataset
 from tasks.tokenize.tokenizer_ref import TokenizerRecord, resolve_tokenizer
+from tasks.train.event_logger import EventLogger
+from tasks.train.ray_driver import WorkerGroup
 
 log = logging.getLogger("arvid.pretrain")
 
@@ -161,6 +161,7 @@ def _tokens_for(
             "tokenizer": tokenizer,
             "resolution": stage.resolution,
             "frames": stage.frames,
+            "latents": stage.needs_latents,
         }
     )
     return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
@@ -168,7 +169,7 @@ def _tokens_for(
 
 def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
     """The VideoAR layout of a next-scale stage: the tokenizer's pyramid at the stage's grid."""
-    from models.generator.videoar import VideoARConfig
+    from models.generator.config import VideoARConfig
 
     side = stage.resolution // tokenizer.spatial_factor
     return VideoARConfig(
@@ -177,9 +178,6 @@ def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
         scale_gains=tokenizer.scale_gains,
         upsample_mode=tokenizer.upsample_mode,
         latent_hw=(side, side),
-        error_correction=stage.error_correction,
-        frame_mask=stage.frame_mask,
-        long_context=stage.long_context,
     )
 
 
@@ -189,27 +187,6 @@ def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
 
     n = sum(p.numel() for p in build_generator(spec.model, spec.videoar).parameters())
     return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
-
-
-class _StageLogger:
-    """Rank 0's events -> MLflow metrics of the active (stage) run."""
-
-    def __init__(self, flops_per_token: float | None) -> None:
-        self.flops_per_token = flops_per_token
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, StepEvent):
-            metrics = {
-                "loss_bits_per_token": event.loss_bits,
-                "lr": event.lr,
-                "grad_norm": event.grad_norm,
-                "tokens_per_s": event.tokens_per_s,
-            }
-            if self.flops_per_token:
-                metrics["mfu"] = event.tokens_per_s * self.flops_per_token / H200_BF16_PEAK_FLOPS
-            tracking.log_metrics(metrics, step=event.step)
-        elif isinstance(event, ValidationEvent):
-            tracking.log_metrics({"val_bits_per_token": event.val_bits}, step=event.step)
 
 
 def _finished(run_dir: str, total: int) -> StageResult | None:
@@ -222,7 +199,7 @@ def _finished(run_dir: str, total: int) -> StageResult | None:
 
 def pretrain(config: ArvidConfig) -> PretrainSummary:
     """Run every stage of `config.pretrain` (resuming what exists) and register the generator."""
-    from models.generator.transformer import GeneratorConfig
+    from models.generator.config import GeneratorConfig
 
     pretrain_config = config.pretrain
     storage.configure_storage(config.storage)
@@ -336,9 +313,12 @@ def _run_stage(
             keep_checkpoints=pretrain_config.keep_checkpoints,
             log_every=pretrain_config.log_every,
             val_every=pretrain_config.val_every,
+            # MFU only means something against a GPU's peak; the CPU reports tokens/s alone.
+            peak_flops=H200_BF16_PEAK_FLOPS if pretrain_config.use_gpu else None,
         ),
         storage=config.storage,
     )
+    spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
     total = stage.total_steps(train.tokens_per_clip)
     tags = {
         "arvid.step": "pretrain-stage",
@@ -354,17 +334,10 @@ def _run_stage(
         result = _finished(run_dir, total)
         skipped = result is not None
         if result is None:
-            flops = (
-                flops_per_token(spec, train.tokens_per_clip) if pretrain_config.use_gpu else None
+            workers = WorkerGroup(
+                pretrain_config.num_workers, pretrain_config.use_gpu, pretrain_config.max_failures
             )
-            result = fit_stage(
-                spec,
-                pretrain_config.num_workers,
-                pretrain_config.use_gpu,
-                pretrain_config.max_failures,
-                config.ray,
-                _StageLogger(flops),
-            )
+            result = fit_stage(spec, workers, config.ray, EventLogger())
             # The completion record: a re-run skips this stage instead of starting Ray for it.
             storage.write_text(storage.join(run_dir, RESULT_FILE), json.dumps(asdict(result)))
         else:

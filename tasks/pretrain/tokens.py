@@ -22,6 +22,7 @@ class TokenClips:
     keys: list[str]
     scales: list[np.ndarray]
     labels: np.ndarray  # (N,) int64; the null class id where a clip has no label
+    continuous: np.ndarray | None = None  # (N, D, t, h, w) float32, tokenized with latents
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -102,6 +103,13 @@ def load_token_clips(
             )
     count = len(clips[0].indices)
     scales = [np.stack([clip.indices[k] for clip in clips]).astype(np.int64) for k in range(count)]
+    latents = [clip.continuous for clip in clips]
+    continuous = None
+    if all(latent is not None for latent in latents):
+        continuous = np.stack(latents).astype(np.float32)
     return TokenClips(
-        keys=[clip.key for clip in clips], scales=scales, labels=np.array(labels, dtype=np.int64)
+        keys=[clip.key for clip in clips],
+        scales=scales,
+        labels=np.array(labels, dtype=np.int64),
+        continuous=continuous,
     )

@@ -29,6 +29,12 @@ class TokenizeConfig(StrictModel):
     )
     frames: int = Field(17, ge=1, description="the first `frames` frames of each clip are encoded")
     batch_size: int = Field(8, ge=1, description="clips per encode call of a tokenizer actor")
+    latents: bool = Field(
+        False,
+        description="also store each clip's continuous pre-quantization latent (float32 .npy) "
+        "beside its tokens: VideoAR's error correction re-quantizes from it; tokens land in "
+        "<res>x<frames>+latent",
+    )
     num_actors: int | None = Field(
         None, ge=1, description="None: one per GPU, or one per CPU slot on a cluster without GPUs"
     )

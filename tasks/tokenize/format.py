@@ -6,6 +6,8 @@ One clip is a group of tar members sharing the clip's key (keys never contain do
                             "token_shapes": [[t, h_k, w_k], ...], one entry per scale
     <key>.tokens.npy        single-scale tokenizer: indices (t, h, w)
     <key>.tokens.<k>.npy    multi-scale tokenizer: indices of scale k (t, h_k, w_k), k = 0 coarsest
+    <key>.latent.npy        optional (tokenize.latents): the continuous pre-quantization latent
+                            (D, t, h, w) float32, which VideoAR's error correction re-quantizes
 
 Indices are plain .npy (never pickled: read with allow_pickle=False) in the smallest unsigned
 dtype that holds the vocabulary (uint16 for FSQ 8,8,8,5,5,5); webdataset's default decoders read
@@ -17,15 +19,13 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tasks import storage
-from tasks.data.tar import deterministic_tar
+from tasks.data.tar import deterministic_tar, read_samples
 
 FORMAT_VERSION = 1
 
@@ -38,6 +38,7 @@ class TokenizedClip:
     metadata: dict[str, Any]
     indices: list[np.ndarray]
     multiscale: bool
+    continuous: np.ndarray | None = None  # (D, t, h, w) float32, when tokenized with latents
 
     @property
     def token_shapes(self) -> list[list[int]]:
@@ -73,6 +74,8 @@ def _clip_members(clip: TokenizedClip) -> Iterable[tuple[str, bytes]]:
             yield f"{clip.key}.tokens.{k}.npy", _npy(array)
     else:
         yield f"{clip.key}.tokens.npy", _npy(clip.indices[0])
+    if clip.continuous is not None:
+        yield f"{clip.key}.latent.npy", _npy(clip.continuous.astype(np.float32))
 
 
 def token_shard_bytes(clips: Iterable[TokenizedClip]) -> bytes:
@@ -89,22 +92,14 @@ def _clip_from_members(key: str, members: dict[str, bytes]) -> TokenizedClip:
         count = len(metadata["token_shapes"])
         arrays, multiscale = [members.pop(f"tokens.{k}.npy") for k in range(count)], True
     indices = [np.load(io.BytesIO(data), allow_pickle=False) for data in arrays]
-    return TokenizedClip(key=key, metadata=metadata, indices=indices, multiscale=multiscale)
+    latent = members.pop("latent.npy", None)
+    continuous = None if latent is None else np.load(io.BytesIO(latent), allow_pickle=False)
+    return TokenizedClip(
+        key=key, metadata=metadata, indices=indices, multiscale=multiscale, continuous=continuous
+    )
 
 
 def read_token_shard(uri: str) -> Iterator[TokenizedClip]:
     """Every clip of one token shard, in shard order (streamed, local or S3)."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    with storage.open_read(uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name_key, _, ext = member.name.partition(".")
-            if key is not None and name_key != key:
-                yield _clip_from_members(key, members)
-                members = {}
-            key = name_key
-            members[ext] = tar.extractfile(member).read()
-    if key is not None:
+    for key, members in read_samples(uri):
         yield _clip_from_members(key, members)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.settings import ArvidConfig
-from tasks.tokenize.run import TokenizeSummary, tokenize_dataset
+from tasks.tokenize.report import TokenizeSummary
+from tasks.tokenize.run import tokenize_dataset
 
 
 @task(name="tokenize-dataset")

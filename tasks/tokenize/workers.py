@@ -21,13 +21,6 @@ from tasks.data.clips import clip_tensor, iter_shard
 from tasks.data.video import decode_clip
 from tasks.tokenize.format import index_dtype
 
-# Test hook: an actor whose batch holds this clip key exits the process abruptly, up to
-# CRASH_TIMES times in all (the marker file counts them), so tests can check exactly-once
-# output across actor deaths.
-CRASH_KEY_ENV = "ARVID_TOKENIZE_TEST_CRASH_KEY"
-CRASH_MARKER_ENV = "ARVID_TOKENIZE_TEST_CRASH_MARKER"
-CRASH_TIMES_ENV = "ARVID_TOKENIZE_TEST_CRASH_TIMES"
-
 Clip = tuple[dict[str, Any], bytes]
 
 
@@ -48,6 +41,7 @@ class EncodedBatch:
     metadata: list[dict[str, Any]]
     indices: list[list[np.ndarray]]
     multiscale: bool
+    continuous: list[np.ndarray]  # clip i's (D, t, h, w) float32 pre-quantization latent
     encode_seconds: float
     actor_pid: int
 
@@ -97,18 +91,12 @@ def decode_batch(clips: list[Clip], resolution: int, frames: int) -> DecodedBatc
     )
 
 
-def _maybe_crash(keys: list[str]) -> None:
-    key, marker = os.environ.get(CRASH_KEY_ENV), os.environ.get(CRASH_MARKER_ENV)
-    if not (key and marker and key in keys):
-        return
-    crashes = int(Path(marker).read_text()) if os.path.exists(marker) else 0
-    if crashes < int(os.environ.get(CRASH_TIMES_ENV, "1")):
-        Path(marker).write_text(str(crashes + 1))
-        os._exit(1)
-
-
 class TokenizerWorker:
-    """Holds one tokenizer (loaded once) and encodes decoded batches on its device."""
+    """Holds one tokenizer (loaded once) and encodes decoded batches on its device.
+
+    The run starts it as a Ray actor; a subclass given to `tokenize_dataset(worker=...)` can
+    change what `encode` does (tests kill actors mid-batch that way).
+    """
 
     def __init__(self, files: dict[str, bytes], device: str, num_threads: int) -> None:
         import torch
@@ -129,7 +117,6 @@ class TokenizerWorker:
         """Encode a batch of clips to token indices per scale."""
         import torch
 
-        _maybe_crash(batch.keys)
         started = time.perf_counter()
         # The object store hands out read-only arrays; torch wants a writable one.
         video = torch.from_numpy(np.array(batch.video)).to(self.device)
@@ -139,11 +126,13 @@ class TokenizerWorker:
         scales = encoding.indices if multiscale else [encoding.indices]
         arrays = [s.cpu().numpy().astype(self.dtype) for s in scales]  # each (n, t, h_k, w_k)
         indices = [[a[i] for a in arrays] for i in range(len(batch.keys))]
+        latent = encoding.continuous.float().cpu().numpy()  # (n, D, t, h, w)
         return EncodedBatch(
             keys=batch.keys,
             metadata=batch.metadata,
             indices=indices,
             multiscale=multiscale,
+            continuous=list(latent),
             encode_seconds=time.perf_counter() - started,
             actor_pid=os.getpid(),
         )

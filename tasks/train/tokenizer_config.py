@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from models.tokenizer import LossConfig, TokenizerConfig
+from models.tokenizer.config import LossConfig, TokenizerConfig
 from tasks.config import StrictModel
 
 # Fields that only say how long, how often or where a run goes (or name the data, whose version

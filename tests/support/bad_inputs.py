@@ -41,6 +41,29 @@ def write_good_video(
     )
 
 
+def write_mpeg_ps_video(
+    directory: str | Path, name: str = "good.mpg", seconds: float = 3.0, fps: int = 25
+) -> Path:
+    """A valid MPEG-2 video in an MPEG program stream (.mpg), 64x64 (MPEG-2 allows only the
+    broadcast frame rates, hence 25 fps)."""
+    config = SyntheticDatasetConfig(
+        count=1, width=64, height=64, fps=fps, frames=round(seconds * fps)
+    )
+    frames = render_video(config, 0).frames
+    path = Path(directory) / name
+    with av.open(str(path), mode="w", format="mpeg") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
 def write_zero_byte_mp4(directory: str | Path, name: str = "zero_bytes.mp4") -> Path:
     """An empty file named .mp4."""
     path = Path(directory) / name

@@ -15,12 +15,18 @@ import pytest
 import webdataset as wds
 
 from tasks import storage
+from tasks.data.manifest import read_manifest
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.ingest.decode import clip_key, clip_spans, resample_indices
 from tasks.ingest.quarantine import Reason
-from tasks.ingest.run import ingest_dataset, read_manifest
+from tasks.ingest.run import ingest_dataset
 from tasks.ingest.synthetic import make_synthetic_dataset
-from tests.support.bad_inputs import write_all_bad_inputs, write_good_video
+from tests.support.bad_inputs import (
+    write_all_bad_inputs,
+    write_good_video,
+    write_mpeg_ps_video,
+    write_truncated_faststart_mp4,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +93,6 @@ def test_every_bad_input_is_quarantined_with_its_reason_and_good_inputs_land(
     expected = {
         "zero_bytes": {Reason.EMPTY_FILE},
         "truncated": {Reason.NOT_A_VIDEO, Reason.TRUNCATED},
-        "truncated_faststart": {Reason.TRUNCATED},
         "text_as_mp4": {Reason.NOT_A_VIDEO},
         "audio_only": {Reason.NO_VIDEO_STREAM},
         "one_frame": {Reason.TOO_SHORT},
@@ -95,18 +100,24 @@ def test_every_bad_input_is_quarantined_with_its_reason_and_good_inputs_land(
         "oversized": {Reason.TOO_MANY_PIXELS},
     }
     for kind, path in bad.items():
+        if kind == "truncated_faststart":  # decodes 21 of 24 frames: lands partial (see below)
+            assert path.name not in quarantine
+            continue
         record = quarantine[path.name]
         assert record["reason_code"] in {r.value for r in expected[kind]}, (kind, record)
         assert record["reason"]
     assert quarantine["does_not_exist.mp4"]["reason_code"] == Reason.MISSING
     malformed = [k for k in quarantine if k.endswith("list.jsonl:line 13")]
     assert malformed and quarantine[malformed[0]]["reason_code"] == Reason.MALFORMED_MANIFEST
-    assert summary.quarantined_total == len(bad) + 2
+    assert summary.quarantined_total == len(bad) - 1 + 2
 
     rows = read_manifest(summary.manifest)
-    assert {row["input"] for row in rows} == {p.name for p in good}
-    assert len(rows) == 3 * 2  # 24 frames at 8 fps -> clips at 0 and 8 of 9 frames
+    truncated = bad["truncated_faststart"].name
+    assert {row["input"] for row in rows} == {p.name for p in good} | {truncated}
+    assert len(rows) == 4 * 2  # 24 frames at 8 fps -> clips at 0 and 8 of 9 frames
     assert all(row["frames"] == 9 and row["label"] == "x" for row in rows)
+    assert summary.inputs_partial == 1
+    assert {row["input"] for row in rows if row.get("partial")} == {truncated}
 
 
 def test_shards_are_readable_webdataset_with_manifest_rows(videos: Path, tmp_path: Path) -> None:
@@ -212,34 +223,64 @@ def test_missing_and_forbidden_s3_objects_are_quarantined(
     assert s3_server.outsider_secret_key not in storage.read_text(summary.quarantine_file)
 
 
+# Runs an ingestion that stops for good right after its n-th batch record is written, and says so
+# in a marker file: the test then kills it there, so the kill point never races the run.
+_HELD_RUNNER = """
+import sys
+import threading
+from pathlib import Path
+
+from tasks import storage
+from tasks.ingest.config import IngestConfig
+from tasks.ingest.run import ingest_dataset
+
+hold_after, marker = int(sys.argv[2]), Path(sys.argv[3])
+write_text = storage.write_text
+written = []
+
+
+def write_text_then_hold(uri, *args, **kwargs):
+    write_text(uri, *args, **kwargs)
+    if "/batches/" in str(uri):
+        written.append(uri)
+        if len(written) == hold_after:
+            marker.write_text(str(uri))
+            threading.Event().wait()  # until the test kills the process group
+
+
+storage.write_text = write_text_then_hold
+
+if __name__ == "__main__":
+    ingest_dataset(IngestConfig.model_validate_json(sys.argv[1]))
+"""
+
+
 def test_killed_ingestion_resumes_to_the_same_manifest(videos: Path, tmp_path: Path) -> None:
-    script = (
-        "import sys\n"
-        "from tasks.ingest.config import IngestConfig\n"
-        "from tasks.ingest.run import ingest_dataset\n"
-        "if __name__ == '__main__':\n"
-        "    print(ingest_dataset(IngestConfig.model_validate_json(sys.argv[1])).version)\n"
-    )
     runner = tmp_path / "run_ingest.py"
-    runner.write_text(script)
-    # One input per shard and a single worker: several shards, published one after another.
-    config = _config(videos, tmp_path / "killed", inputs_per_shard=1, workers=1)
+    runner.write_text(_HELD_RUNNER)
+    marker = tmp_path / "held"
+    # One input per shard: six shards, published one after another.
+    config = _config(videos, tmp_path / "killed", inputs_per_shard=1)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(runner), config.model_dump_json()], env=env, start_new_session=True
+        [sys.executable, str(runner), config.model_dump_json(), "2", str(marker)],
+        env=env,
+        start_new_session=True,
     )
-    batches = tmp_path / "killed" / "t" / "batches"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(batches.glob("*.json"))) < 2:
-        assert proc.poll() is None, "ingestion finished before it could be killed"
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert proc.poll() is None, "ingestion ended before its second batch record"
+        assert time.monotonic() < deadline, "ingestion never reached its second batch record"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its decode workers
     proc.wait()
-    done_before = len(list(batches.glob("*.json")))
-    assert 2 <= done_before < 6
+    batches = tmp_path / "killed" / "t" / "batches"
+    assert len(list(batches.glob("*.json"))) == 2
 
-    resumed = ingest_dataset(_config(videos, tmp_path / "killed", inputs_per_shard=1))
-    assert resumed.inputs_skipped == done_before
+    resumed = ingest_dataset(config)
+    assert (resumed.inputs_skipped, resumed.inputs_processed) == (2, 4)
+    shards = list((tmp_path / "killed" / "t" / "shards").glob("*.tar"))
+    assert len(shards) == 6 and len(list(batches.glob("*.json"))) == 6
     fresh = ingest_dataset(_config(videos, tmp_path / "fresh", inputs_per_shard=1))
     assert storage.read_text(resumed.manifest) == storage.read_text(fresh.manifest)
 
@@ -262,3 +303,111 @@ def test_webdataset_video_shards_are_a_source(videos: Path, tmp_path: Path) -> N
     assert {row["input"] for row in rows} == {f"00000.tar/{i:09d}" for i in range(3)}
     assert {row["caption"] for row in rows} == {"video 0", "video 1", "video 2"}
     assert all(row["label"] == "L" and row["source_metadata"]["url"] for row in rows)
+
+
+# --- partial decodes ----------------------------------------------------------------------
+
+
+def _partial_source(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder with one faststart video cut to 70% of its bytes, and a folder with it whole."""
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    cut.mkdir()
+    whole.mkdir()
+    # The same rendered video (seed 4, 3 s at 8 fps, faststart) as the truncation maker uses.
+    write_truncated_faststart_mp4(cut, "clip.mp4", keep=0.7)
+    write_good_video(whole, "clip.mp4", seconds=3.0, seed=4, faststart=True)
+    return cut, whole
+
+
+def test_truncated_video_keeps_the_clips_that_decode_cleanly_marked_partial(
+    tmp_path: Path,
+) -> None:
+    cut, whole = _partial_source(tmp_path)
+    # Clips of 9 frames every 4: spans 0-8, 4-12, 8-16, 12-20 of the 24 frames the header promises.
+    summary = ingest_dataset(_config(cut, tmp_path / "out", clip_stride=4))
+    complete = ingest_dataset(_config(whole, tmp_path / "out-whole", clip_stride=4))
+
+    rows = read_manifest(summary.manifest)
+    assert summary.quarantined_total == 0 and summary.inputs_partial == 1
+    decoded = rows[0]["source_frames_decoded"]
+    assert 9 <= decoded < 24  # the cut keeps some clips and loses others
+    assert {row["clip_index"] for row in rows} == {i for i in range(4) if 4 * i + 9 <= decoded}
+    assert all(row["partial"] is True and row["source_frames_promised"] == 24 for row in rows)
+    # Kept clips are clean: byte for byte the clips the whole file gives (the encoder is exact).
+    whole_rows = {row["clip_index"]: row for row in read_manifest(complete.manifest)}
+    assert len(whole_rows) == 4 and complete.inputs_partial == 0
+    assert not any("partial" in row for row in whole_rows.values())
+    for row in rows:
+        assert row["sha256"] == whole_rows[row["clip_index"]]["sha256"], row["clip_index"]
+    assert "1 partial" in summary.line()
+
+
+def test_strict_frame_count_quarantines_a_truncated_video(tmp_path: Path) -> None:
+    cut, _ = _partial_source(tmp_path)
+    summary = ingest_dataset(_config(cut, tmp_path / "out", clip_stride=4, strict_frame_count=True))
+    assert summary.clips_total == 0 and summary.inputs_partial == 0
+    (record,) = [
+        json.loads(line) for line in storage.read_text(summary.quarantine_file).splitlines()
+    ]
+    assert record["input"] == "clip.mp4" and record["reason_code"] == Reason.TRUNCATED
+    assert "header promises 24 frames" in record["reason"]
+    assert "strict_frame_count" in record["reason"]
+
+
+def test_truncated_video_without_one_whole_clip_is_quarantined(tmp_path: Path) -> None:
+    cut, _ = _partial_source(tmp_path)
+    summary = ingest_dataset(_config(cut, tmp_path / "out", clip_frames=17, clip_stride=4))
+    assert summary.clips_total == 0 and summary.inputs_partial == 0
+    (record,) = [
+        json.loads(line) for line in storage.read_text(summary.quarantine_file).splitlines()
+    ]
+    assert record["reason_code"] == Reason.TRUNCATED
+    assert "no whole clip" in record["reason"] and "clip_frames" in record["reason"]
+
+
+# --- discovery by extension ----------------------------------------------------------------
+
+
+def test_folder_scan_ingests_common_containers_and_counts_what_it_skips(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    write_mpeg_ps_video(source, "broadcast.mpg")
+    write_good_video(source, "clip.mp4", seconds=3)
+    (source / "clip.json").write_text("{}")  # a sidecar of clip.mp4: expected, not counted
+    (source / "labels.jsonl").write_text("")  # a manifest beside the videos: not counted
+    (source / "notes.txt").write_text("not a video")
+    (source / "README").write_text("no extension")
+    (source / "b.txt").write_text("counted too")
+
+    summary = ingest_dataset(_config(source, tmp_path / "out"))
+
+    assert {row["input"] for row in read_manifest(summary.manifest)} == {
+        "broadcast.mpg",
+        "clip.mp4",
+    }
+    assert summary.skipped_by_extension == {"none": 1, "txt": 2}
+    assert "3 files skipped by extension (none: 1, txt: 2)" in summary.line()
+    assert summary.model_dump(mode="json")["skipped_by_extension"] == {"none": 1, "txt": 2}
+
+
+def test_ingest_run_in_mlflow_counts_partial_inputs_and_skipped_files(
+    tmp_path: Path, tracking_config
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.ingest.steps import record_ingest_run
+    from tasks.settings import ArvidConfig
+
+    cut, _ = _partial_source(tmp_path)
+    (cut / "notes.txt").write_text("not a video")
+    config = ArvidConfig(
+        ingest=_config(cut, tmp_path / "out", clip_stride=4), tracking=tracking_config
+    )
+    summary = ingest_dataset(config.ingest)
+    run_id = record_ingest_run.fn(summary, config)
+
+    mlflow.set_tracking_uri(tracking_config.uri)
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    assert metrics["inputs_partial"] == 1
+    assert metrics["skipped_ext_txt"] == 1 and metrics["skipped_total"] == 1

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +27,13 @@ def test_untrained_model_costs_about_log2_vocab_bits_per_token():
     assert abs(bits - math.log2(VOCAB)) < 0.1
 
 
-def test_train_step_reduces_loss_on_a_tiny_overfit_batch():
+@pytest.mark.parametrize(
+    "schedule",
+    [par(GRID, 4), nbp(GRID, (1, 1, 4), hybrid_prefix=4), par(GRID, 4, prefix="clip")],
+    ids=lambda s: s.name,
+)
+def test_train_step_reduces_loss_on_a_tiny_overfit_batch(schedule):
     model = small_trainable_model()
-    schedule = par(GRID, 4)
     batch = {"tokens": torch.randint(0, VOCAB, (4, *GRID)), "labels": torch.tensor([0, 1, 2, 0])}
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     history = [

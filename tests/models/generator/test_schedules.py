@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from models.generator.attention import dense_group_mask
 from models.generator.schedules import ScheduleConfig, build_schedule, frame, nbp, ntp, par
 
 GRID = (5, 16, 16)  # NBP's UCF latent grid: 17 frames at 128² -> 5×16×16 tokens
@@ -16,6 +17,8 @@ def all_schedules(grid):
         nbp(grid, (1, 2, 2)),
         par(grid, 4),
         frame(grid),
+        nbp(grid, (1, 1, grid[2]), hybrid_prefix=grid[2]),
+        par(grid, 4, prefix="clip"),
     ]
 
 
@@ -32,6 +35,22 @@ def test_step_counts_equal_design_table():
     # PAPERS.md: PAR's image grid 24×24 -> 147 steps at R=4, 51 at R=16.
     assert par((1, 24, 24), 4).num_steps == 147
     assert par((1, 24, 24), 16).num_steps == 51
+
+
+def test_step_counts_of_nbp_hybrid_and_par_clip_prefix_equal_the_papers():
+    # PAPERS.md: NBP's UCF hybrid, 16 tokens one at a time then row blocks: 16 + 79 = 95.
+    assert nbp(GRID, (1, 1, 16), hybrid_prefix=16).num_steps == 16 + 79 == 95
+    # PAR's video steps, one sequential prefix per clip: 3 + 320 = 323 (4x), 15 + 80 = 95 (16x).
+    assert par(GRID, 4, prefix="clip").num_steps == 323
+    assert par(GRID, 16, prefix="clip").num_steps == 95
+    # "frame" is the per-frame restart: 335 / 155.
+    assert par(GRID, 4, prefix="frame").num_steps == 335
+    assert par(GRID, 16, prefix="frame").num_steps == 155
+    config = ScheduleConfig(name="nbp", block=(1, 1, 16), hybrid_prefix=16)
+    assert build_schedule(config, GRID).num_steps == 95
+    assert (
+        build_schedule(ScheduleConfig(name="par", regions=4, prefix="clip"), GRID).num_steps == 323
+    )
 
 
 def test_schedule_config_builds_the_named_schedule():
@@ -95,6 +114,62 @@ def test_par_video_restarts_the_sequential_part_in_every_frame():
     sizes = (schedule.group_start[1:] - schedule.group_start[:-1]).tolist()
     assert sizes == [1, 1, 1, 1, 4, 4, 4] * 2
     assert set(schedule.coords[:16, 0].tolist()) == {0.0}
+
+
+def test_nbp_hybrid_predicts_the_prefix_one_by_one_then_bridges_into_blocks():
+    schedule = nbp((1, 4, 4), (1, 1, 4), hybrid_prefix=4)
+    sizes = (schedule.group_start[1:] - schedule.group_start[:-1]).tolist()
+    assert sizes == [1, 1, 1, 1, 4, 4, 4]
+    assert schedule.order.tolist() == list(range(16))  # row blocks keep the raster order
+    # Prefix: NTP from the start input.
+    assert schedule.input_src[:4].tolist() == [-1, 0, 1, 2]
+    assert schedule.input_learned[:4].tolist() == [0, -1, -1, -1]
+    # NBP's hybrid layout [z0..z3, mb1..mb3, z4..]: the first block reads [z3, bridge 1..3] ...
+    assert schedule.input_src[4:8].tolist() == [3, -1, -1, -1]
+    assert schedule.input_learned[4:8].tolist() == [-1, 1, 2, 3]
+    # ... and every later block reads the same slots of the block before it.
+    assert schedule.input_src[8:].tolist() == list(range(4, 12))
+    assert nbp((1, 4, 4), (1, 1, 4), hybrid_prefix=0).num_steps == 4
+
+
+def test_nbp_hybrid_prefix_must_be_whole_blocks():
+    with pytest.raises(ValueError, match="hybrid_prefix"):
+        nbp(GRID, (1, 1, 16), hybrid_prefix=10)
+
+
+def test_par_clip_prefix_is_sequential_once_then_aligned_positions_frame_by_frame():
+    schedule = par((2, 4, 4), 4, prefix="clip")
+    sizes = (schedule.group_start[1:] - schedule.group_start[:-1]).tolist()
+    assert sizes == [1, 1, 1, 1] + [4] * 7  # one sequential prefix for the clip
+    groups = [schedule.order[a:b].tolist() for a, b in map(schedule.group_bounds, range(11))]
+    assert groups[:5] == [[0], [2], [8], [10], [1, 3, 9, 11]]  # frame 0 as in the image order
+    assert groups[7] == [16, 18, 24, 26]  # frame 1 continues the regions: no restart
+    # The transition into parallel mode happens once, with PAR's M1..M3.
+    assert schedule.input_learned.tolist().count(1) == 1
+    assert schedule.input_src[16:20].tolist() == [
+        12,
+        13,
+        14,
+        15,
+    ]  # frame 1 reads frame 0's last group
+    assert schedule.positions_before_frame(1) == 16
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [nbp((2, 4, 4), (1, 1, 4), hybrid_prefix=4), par((2, 4, 4), 4, prefix="clip")],
+    ids=lambda s: s.name,
+)
+def test_group_causal_mask_lets_a_group_see_earlier_groups_and_itself_only(schedule):
+    mask = dense_group_mask(schedule.group, schedule.group)  # (N, N): query sees key
+    for g in range(schedule.num_steps):
+        a, b = schedule.group_bounds(g)
+        assert bool(mask[a:b, :b].all())  # every earlier group and its own group, in full
+        assert not bool(mask[a:b, b:].any())  # nothing later
+    # The sequential prefix is plain causal attention.
+    first_parallel = int((schedule.group_start[1:] - schedule.group_start[:-1] > 1).nonzero()[0])
+    n = int(schedule.group_start[first_parallel])
+    assert torch.equal(mask[:n, :n], torch.ones(n, n, dtype=torch.bool).tril())
 
 
 def test_nbp_input_is_same_slot_of_previous_block():

@@ -35,6 +35,8 @@ def every_schedule(grid=GRID):
         nbp(grid, (2, 2, 2)),
         par(grid, 4),
         frame(grid),
+        nbp(grid, (1, 1, W), hybrid_prefix=W),
+        par(grid, 4, prefix="clip"),
     ]
 
 
@@ -77,7 +79,9 @@ def test_kv_cache_logits_match_full_forward_for_every_schedule(schedule):
     torch.testing.assert_close(stepwise, full, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("schedule", every_schedule()[:2], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "schedule", every_schedule()[:2] + every_schedule()[-2:], ids=lambda s: s.name
+)
 def test_kv_cache_prefill_of_several_groups_matches_full_forward(schedule):
     model = tiny_model(seed=1)
     sequence = torch.randint(0, VOCAB, (2, schedule.num_tokens))

@@ -5,13 +5,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.generator.config import GeneratorConfig, VideoARConfig
 from models.generator.persist import build_generator, load_generator_from_dir
-from models.generator.transformer import GeneratorConfig
-from models.generator.videoar import VideoAR, VideoARConfig
+from models.generator.videoar import VideoAR
 from tasks.pretrain.config import StageConfig
-from tasks.pretrain.loop import StageSpec, StepEvent, TrainOptions, WorkerContext, run_stage
+from tasks.pretrain.loop import StageSpec, TrainOptions, run_stage
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
 from tasks.storage import StorageSettings
+from tasks.train.events import MetricsEvent
+from tasks.train.worker import WorkerContext
 from tests.tasks.pretrain.support import write_token_dataset
 
 VOCAB = 16
@@ -58,7 +60,7 @@ def test_a_stage_killed_mid_run_resumes_to_the_same_weights_as_an_uninterrupted_
     straight = run_stage(_spec(tmp_path, tokens, stage, "straight"))
 
     def kill_at_step_7(event):
-        if isinstance(event, StepEvent) and event.step == 7:
+        if isinstance(event, MetricsEvent) and event.step == 7:
             raise Killed
 
     spec = _spec(tmp_path, tokens, stage, "resumed")
@@ -101,7 +103,7 @@ def test_a_second_stage_on_a_larger_grid_starts_from_the_first_stage(tmp_path):
 
 def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(tmp_path):
     scales = [1, 2, 4]
-    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB)
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
     videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
     stage = StageConfig(
         name="vs", resolution=32, frames=9, schedule="next_scale", steps=30, batch_size=4, lr=3e-3,
@@ -111,7 +113,26 @@ def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(t
     events = []
     spec = _spec(tmp_path, tokens, stage, "vs", videoar=videoar)
     result = run_stage(spec, dataclasses.replace(WorkerContext(), publish=events.append))
-    losses = [e.loss_bits for e in events if isinstance(e, StepEvent)]
+    losses = [
+        e.metrics["loss_bits_per_token"] for e in events if "loss_bits_per_token" in e.metrics
+    ]
     assert losses[-1] < losses[0]
     model = load_generator_from_dir(result.final_checkpoint)
     assert isinstance(model, VideoAR)
+    assert (
+        model.config.error_correction.enabled and model.config.error_correction.mode == "infinity"
+    )
+    assert model.config.frame_mask.prob == 0.5
+    assert spec.train.continuous is not None  # the latents the corrections re-quantize from
+
+
+def test_infinity_error_correction_without_stored_latents_fails_naming_the_remedy(tmp_path):
+    scales = [1, 2, 4]
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB)  # no latents
+    stage = StageConfig(
+        name="vs", resolution=32, frames=9, schedule="next_scale", steps=1, batch_size=4,
+        error_correction={"enabled": True},
+    )  # fmt: skip
+    videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
+    with pytest.raises(ValueError, match="pass continuous="):
+        run_stage(_spec(tmp_path, tokens, stage, "vs", videoar=videoar))

@@ -19,8 +19,8 @@ from tasks.data.datasets import resolve_dataset
 from tasks.data.video import decode_clip
 from tasks.tokenize.format import TokenizedClip, read_token_shard, token_shard_bytes
 from tasks.tokenize.run import tokenize_dataset
-from tasks.tokenize.workers import CRASH_KEY_ENV, CRASH_MARKER_ENV, CRASH_TIMES_ENV
 from tasks.tracking import TrackingConfig
+from tests.support.tokenize_workers import crashing_worker
 from tests.tasks.tokenize.support import config, make_dataset, register_tokenizer, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -184,7 +184,7 @@ def test_run_cut_short_resumes_to_the_same_token_shards(tokenized) -> None:
 
 
 def test_actors_dying_mid_run_still_yield_every_clip_exactly_once(
-    workspace: dict, tokenized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: dict, tokenized, tmp_path: Path
 ) -> None:
     _, clean = tokenized
     dataset = resolve_dataset(workspace["dataset"].dataset_root)
@@ -192,9 +192,6 @@ def test_actors_dying_mid_run_still_yield_every_clip_exactly_once(
     marker = tmp_path / "crashes"
     # Two deaths with one restart allowed: Ray restarts the actor and retries the batch there,
     # it dies again for good, and the driver resubmits its batches to the other actor.
-    monkeypatch.setenv(CRASH_KEY_ENV, victim)
-    monkeypatch.setenv(CRASH_MARKER_ENV, str(marker))
-    monkeypatch.setenv(CRASH_TIMES_ENV, "2")
     cfg = config(
         workspace["tracking"],
         workspace["dataset"].dataset_root,
@@ -202,8 +199,7 @@ def test_actors_dying_mid_run_still_yield_every_clip_exactly_once(
         num_actors=2,
         max_retries=1,
     )
-    cfg.ray.forward_env = [*cfg.ray.forward_env, CRASH_KEY_ENV, CRASH_MARKER_ENV, CRASH_TIMES_ENV]
-    summary = tokenize_dataset(cfg)
+    summary = tokenize_dataset(cfg, worker=crashing_worker(victim, marker, times=2))
     assert marker.read_text() == "2", "the actor holding the victim clip should have died twice"
     assert summary.batch_retries >= 1
     keys = [clip.key for clip in _token_clips(summary.tokens_uri)]

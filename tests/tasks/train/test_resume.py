@@ -20,12 +20,12 @@ from tasks.train.checkpoints import (
     load_checkpoint,
     state_digest,
 )
-from tasks.train.tokenizer_trainer import TrainingSpec, resume_point, run_training
+from tasks.train.tokenizer_loop import TrainingSpec, resume_point, run_training
 from tests.tasks.train.conftest import tiny_training
 
 _RUN_SPEC = (
     "import sys\n"
-    "from tasks.train.tokenizer_trainer import TrainingSpec, run_training\n"
+    "from tasks.train.tokenizer_loop import TrainingSpec, run_training\n"
     "run_training(TrainingSpec.model_validate_json(open(sys.argv[1]).read()))\n"
 )
 
@@ -68,11 +68,11 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_exact_step_count(
     # The same run with a budget a few steps past the kill: it continues, it does not restart.
     total = killed_at + 3
     summary = run_training(_spec(tiny_dataset, run_dir, steps=total, checkpoint_every=2))
-    assert summary["resumed_from_step"] == killed_at
-    assert summary["resumed_weights_digest"] == state_digest(saved.tokenizer_state)
-    assert summary["steps_trained"] == 3 and summary["final_step"] == total
+    assert summary.resumed_from_step == killed_at
+    assert summary.resumed_weights_digest == state_digest(saved.tokenizer_state)
+    assert summary.steps_trained == 3 and summary.final_step == total
     final = load_checkpoint(latest_checkpoint(str(run_dir)))
-    assert final.step == total and final.uri == summary["checkpoint"]
+    assert final.step == total and final.uri == summary.checkpoint
     # Adam counts its updates: restored optimizer state means one count across both runs.
     adam_steps = {float(s["step"]) for s in final.optimizer_state["tokenizer"]["state"].values()}
     assert adam_steps == {float(total)}
@@ -80,7 +80,7 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_exact_step_count(
 
     # Re-running a finished run trains nothing more.
     again = run_training(_spec(tiny_dataset, run_dir, steps=total, checkpoint_every=2))
-    assert again["steps_trained"] == 0 and again["final_step"] == total
+    assert again.steps_trained == 0 and again.final_step == total
 
 
 def test_resume_refuses_a_checkpoint_beyond_the_budget_or_of_another_model(
@@ -97,7 +97,7 @@ def test_resume_refuses_a_checkpoint_beyond_the_budget_or_of_another_model(
     with pytest.raises(CheckpointError, match="another tokenizer config"):
         resume_point(other)
     fresh = run_training(_spec(tiny_dataset, run_dir, steps=1, resume=False))
-    assert fresh["resumed_from_step"] == 0 and fresh["final_step"] == 1
+    assert fresh.resumed_from_step == 0 and fresh.final_step == 1
 
 
 def test_run_key_ignores_the_budget_but_not_what_shapes_the_weights() -> None:

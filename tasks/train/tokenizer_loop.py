@@ -1,0 +1,286 @@
+"""The tokenizer training loop: what every worker runs, with or without Ray.
+
+`run_training(spec, worker)` resumes from the run's latest checkpoint (or starts from scratch),
+trains to `spec.training.steps`, and on rank 0 publishes metrics, sample videos and checkpoints
+as `tasks.train.events` and returns a `TrainingResult`. It knows nothing of Ray or MLflow: the
+`WorkerContext` says where it runs (rank, world size, device) and where its events go, so it also
+runs in a plain process (world size 1), which is how a killed run is tested and how one debugs
+the loop in a notebook. Checkpoints and sample videos go through the storage layer, whose settings
+travel inside the spec (Ray workers do not inherit `configure_storage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from models.tokenizer import TokenizerLoss, VideoTokenizer, psnr, ssim
+from tasks import storage
+from tasks.data.datasets import DatasetRef
+from tasks.storage import StorageSettings
+from tasks.train.checkpoints import (
+    CheckpointError,
+    describe_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
+from tasks.train.events import CheckpointEvent, MetricsEvent, SampleEvent
+from tasks.train.tokenizer_config import TokenizerTrainingConfig
+from tasks.train.tokenizer_data import ShardClipDataset
+from tasks.train.worker import WorkerContext, unwrap
+
+log = logging.getLogger("arvid.train")
+
+
+class TrainingSpec(BaseModel):
+    """What every worker needs: the training config, storage settings, the data and the run folder."""
+
+    training: TokenizerTrainingConfig
+    storage: StorageSettings
+    dataset: DatasetRef
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What rank 0's loop did: steps, where it resumed, the last checkpoint, speed, final metrics."""
+
+    final_step: int
+    resumed_from_step: int
+    resumed_weights_digest: str | None  # of the weights it resumed from (None: from scratch)
+    checkpoint: str | None  # the latest checkpoint folder
+    steps_trained: int
+    train_seconds: float
+    clips_per_s: float
+    metrics: dict[str, float]  # of the last logging window
+
+
+def learning_rate(config: TokenizerTrainingConfig, step: int, base: float) -> float:
+    """Learning rate at `step`: linear warm-up, then constant or cosine down to min_lr_ratio."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return base * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return base
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def side_by_side(video: Tensor, reconstruction: Tensor) -> np.ndarray:
+    """(3, T, H, W) input and reconstruction in [-1, 1] -> (T, H, 2W, 3) uint8, input on the left."""
+    pair = torch.cat([video, reconstruction], dim=-1).float().clamp(-1, 1)
+    frames = ((pair + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _write_sample(
+    run_dir: str, step: int, tokenizer: VideoTokenizer, clip: Tensor, fps: float
+) -> str:
+    from tasks.data.video import write_frames_mp4
+
+    was_training = tokenizer.training
+    tokenizer.eval()
+    with torch.no_grad():
+        reconstruction, _ = tokenizer(clip.unsqueeze(0))
+    tokenizer.train(was_training)
+    frames = side_by_side(clip, reconstruction[0])
+    data = write_frames_mp4(frames, fps=fps, crf=12, preset="ultrafast")
+    uri = storage.join(run_dir, "samples", f"step-{step:08d}.mp4")
+    storage.write_bytes(uri, data)
+    return uri
+
+
+def resume_point(spec: TrainingSpec) -> str | None:
+    """The checkpoint a run continues from (None: from scratch); CheckpointError if unusable."""
+    uri = latest_checkpoint(spec.run_dir) if spec.training.resume else None
+    if uri is None:
+        return None
+    step, tokenizer_config = describe_checkpoint(uri)
+    if tokenizer_config != spec.training.model:
+        raise CheckpointError(
+            f"{uri}: trained with another tokenizer config — set tokenizer_training.resume=false "
+            "or another checkpoint_dir"
+        )
+    if step > spec.training.steps:
+        raise CheckpointError(
+            f"{uri}: already at step {step}, beyond tokenizer_training.steps="
+            f"{spec.training.steps} — raise steps, or set resume=false to start over"
+        )
+    return uri
+
+
+def _restore(
+    spec: TrainingSpec,
+    tokenizer: VideoTokenizer,
+    discriminator: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[int, str | None, str | None]:
+    """Load the run's latest checkpoint into the modules; (step, uri, weights digest)."""
+    uri = resume_point(spec)
+    if uri is None:
+        return 0, None, None
+    checkpoint = load_checkpoint(uri)
+    tokenizer.load_state_dict(checkpoint.tokenizer_state)
+    discriminator.load_state_dict(checkpoint.discriminator_state)
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(checkpoint.optimizer_state[name])
+    return checkpoint.step, uri, state_digest(tokenizer.state_dict())
+
+
+def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> TrainingResult | None:
+    """Train from the run's latest checkpoint (or from scratch) to `steps`; rank 0 returns a summary."""
+    worker = worker or WorkerContext()
+    cfg = spec.training
+    storage.configure_storage(spec.storage)
+    if cfg.threads_per_worker:
+        torch.set_num_threads(cfg.threads_per_worker)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    tokenizer = VideoTokenizer(cfg.model)
+    loss = TokenizerLoss(cfg.loss)
+    betas = tuple(cfg.betas)
+    d_lr = cfg.discriminator_lr or cfg.lr
+    optimizers = {
+        "tokenizer": torch.optim.AdamW(
+            tokenizer.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+        ),
+        "discriminator": torch.optim.AdamW(
+            loss.discriminator.parameters(), lr=d_lr, betas=betas, weight_decay=cfg.weight_decay
+        ),
+    }
+    start_step, resumed_from, resumed_digest = _restore(
+        spec, tokenizer, loss.discriminator, optimizers
+    )
+    if resumed_from:
+        log.info("rank %d: resuming from %s (step %d)", worker.rank, resumed_from, start_step)
+    tokenizer.to(worker.device)
+    loss.to(worker.device)
+    for optimizer in optimizers.values():  # state loaded on the CPU follows its parameters
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and key != "step":
+                    state[key] = value.to(worker.device)
+    model = worker.wrap(tokenizer)
+    loss.discriminator = worker.wrap(loss.discriminator)
+    discriminator = unwrap(loss.discriminator)
+
+    data = ShardClipDataset(
+        spec.dataset,
+        cfg.resolution,
+        cfg.frames,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        seed=cfg.seed,
+        random_crop=cfg.random_crop,
+        random_flip=cfg.random_flip,
+        shuffle_buffer=cfg.shuffle_buffer,
+        first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
+        crop=cfg.crop,
+        decoded_cache_mb=cfg.decoded_cache_mb,
+    )
+    batches = iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
+    autocast = torch.autocast(
+        device_type=worker.device.type,
+        dtype=torch.bfloat16,
+        enabled=worker.device.type == "cuda" and cfg.bf16,
+    )
+
+    window: dict[str, float] = {}
+    counts: dict[str, int] = {}  # per key: the GAN's terms join mid-window
+    window_steps, window_start = 0, time.perf_counter()
+    started, trained = time.perf_counter(), 0
+    metrics: dict[str, float] = {}
+    sample_clip: Tensor | None = None
+    checkpoint_uri = resumed_from
+    for step in range(start_step, cfg.steps):
+        video = next(batches).to(worker.device, non_blocking=True)
+        if sample_clip is None:
+            sample_clip = video[0].detach().clone()
+        for name, optimizer in optimizers.items():
+            base = cfg.lr if name == "tokenizer" else d_lr
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step, base)
+
+        with autocast:
+            reconstruction, aux = model(video)
+            g_loss, logs = loss.generator_loss(video, reconstruction, tokenizer.last_layer, step)
+        optimizers["tokenizer"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        if cfg.grad_clip:
+            logs["grad_norm"] = nn.utils.clip_grad_norm_(tokenizer.parameters(), cfg.grad_clip)
+        optimizers["tokenizer"].step()
+        # The generator's backward also filled the discriminator's grads: clear them first.
+        optimizers["discriminator"].zero_grad(set_to_none=True)
+        if loss.gan_active(step):
+            with autocast:
+                d_loss, d_logs = loss.discriminator_loss(video, reconstruction, step)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+            logs.update(d_logs)
+
+        with torch.no_grad():
+            recon = reconstruction.detach().float().clamp(-1, 1)
+            logs["psnr_db"] = psnr(recon, video).mean()
+        for key, value in {**logs, **aux}.items():
+            window[key] = window.get(key, 0.0) + float(value)
+            counts[key] = counts.get(key, 0) + 1
+        window_steps += 1
+        trained += 1
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            with torch.no_grad():
+                ssim_value = float(ssim(recon, video).mean())
+            elapsed = time.perf_counter() - window_start
+            metrics = {k: v / counts[k] for k, v in window.items()}
+            metrics["ssim"] = ssim_value
+            metrics = worker.mean(metrics)
+            metrics["lr"] = learning_rate(cfg, step, cfg.lr)
+            metrics["clips_per_s"] = window_steps * cfg.batch_size * worker.world_size / elapsed
+            worker.report({**metrics, "step": done})
+            if worker.rank == 0:
+                worker.publish(MetricsEvent(step=done, metrics=metrics))
+            window, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
+
+        if worker.rank == 0 and (done % cfg.sample_every == 0 or done == cfg.steps):
+            uri = _write_sample(spec.run_dir, done, tokenizer, sample_clip, cfg.sample_fps)
+            worker.publish(SampleEvent(step=done, uri=uri))
+        if worker.rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            checkpoint_uri = save_checkpoint(
+                spec.run_dir,
+                done,
+                tokenizer,
+                discriminator,
+                optimizers,
+                metadata={
+                    "dataset": f"{spec.dataset.root}@{spec.dataset.version}",
+                    "dataset_version": spec.dataset.version,
+                    "training": cfg.model_dump(mode="json"),
+                    "world_size": worker.world_size,
+                },
+                keep=cfg.keep_checkpoints,
+            )
+            worker.publish(CheckpointEvent(step=done, uri=checkpoint_uri))
+
+    if worker.rank != 0:
+        return None
+    seconds = time.perf_counter() - started
+    return TrainingResult(
+        final_step=cfg.steps,
+        resumed_from_step=start_step,
+        resumed_weights_digest=resumed_digest,
+        checkpoint=checkpoint_uri,
+        steps_trained=trained,
+        train_seconds=round(seconds, 3),
+        clips_per_s=trained * cfg.batch_size * worker.world_size / seconds if trained else 0.0,
+        metrics=metrics,
+    )
