@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.config import StrictModel
-from tasks.registry import GENERATOR_MODEL
 
 
 class GateConfig(StrictModel):
@@ -92,7 +91,10 @@ def _default_gates() -> list[GateConfig]:
 class PromoteConfig(StrictModel):
     """Which registered model and version to judge, the gates, and the lock around the decision."""
 
-    model_name: str = Field(GENERATOR_MODEL, description="registered model whose aliases move")
+    model_name: str = Field(
+        "arvid-generator",  # tasks.registry.GENERATOR_MODEL; not imported: settings stay light
+        description="registered model whose aliases move",
+    )
     candidate: str | None = Field(
         None,
         description="models:/<model_name>/<N> or models:/<model_name>@<alias>; None: the newest "

@@ -34,12 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
-
-import botocore.exceptions
+from typing import TYPE_CHECKING, Any
 
 from tasks import storage
 from tasks.storage import StorageError
+
+if TYPE_CHECKING:
+    import botocore.exceptions
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class HeldLock:
         """Raise LockLost when an s3:// lock was taken over (local locks cannot be)."""
         if not storage.is_s3(self.uri):
             return
+        import botocore.exceptions  # only S3 locks need boto; local ones stay light
+
         bucket, key = _split(self.uri)
         try:
             etag = storage.s3_client().head_object(Bucket=bucket, Key=key).get("ETag")
@@ -202,6 +205,8 @@ def _server_age_s(head: dict[str, Any]) -> float:
 
 def _take_over_if_stale(client: Any, uri: str, stale_after_s: float) -> str | None:
     """Delete the lock object at `uri` if it is stale; returns who held it when it is still live."""
+    import botocore.exceptions  # only S3 locks need boto; local ones stay light
+
     bucket, key = _split(uri)
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -230,6 +235,8 @@ def _take_over_if_stale(client: Any, uri: str, stale_after_s: float) -> str | No
 def _hold_s3(
     uri: str, holder: LockHolder, timeout_s: float, stale_after_s: float
 ) -> Iterator[HeldLock]:
+    import botocore.exceptions  # only S3 locks need boto; local ones stay light
+
     bucket, key = _split(uri)
     client = storage.s3_client()
     deadline = time.monotonic() + timeout_s
