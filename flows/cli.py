@@ -122,6 +122,16 @@ def _pretrain(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return summary.line(), summary.model_dump(mode="json")
 
 
+def _promote(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.promote import promote_flow
+
+    if args.rollback and args.candidate:
+        raise ValueError("--rollback restores 'previous'; it takes no --candidate")
+    extra = [f"promote.candidate={args.candidate}"] if args.candidate else []
+    summary = promote_flow(_load(args, extra), rollback=args.rollback)
+    return summary.line(), summary.model_dump(mode="json")
+
+
 def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The main job as far as it is built: data -> ingest -> tokenizer -> tokens."""
     plain = argparse.Namespace(**{**vars(args), "out": None, "count": None})
@@ -157,6 +167,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
     "pretrain": (
         "train the generator stage by stage on Ray Train and register it in MLflow",
         _pretrain,
+    ),
+    "promote": (
+        "move the generator's champion alias to a candidate that passes the gates (or roll back)",
+        _promote,
     ),
     "demo": ("run the main job on the embedded default config", _demo),
 }
@@ -209,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--tokenizer", help="models:/name@alias, models:/name/N, runs:/id/path or a folder"
             )
             cmd.add_argument("--workers", type=int, help="Ray Train workers (pretrain.num_workers)")
+        if name == "promote":
+            cmd.add_argument(
+                "--candidate", help="models:/<name>/N or models:/<name>@alias (default: newest)"
+            )
+            cmd.add_argument(
+                "--rollback", action="store_true", help="move champion back to previous"
+            )
         if name == "ingest":
             cmd.add_argument(
                 "--source", help="folder, s3:// prefix, .jsonl/.csv manifest or shard folder"

@@ -7,6 +7,7 @@ from pydantic import Field
 from tasks.config import StrictModel
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.pretrain.config import PretrainConfig, StageConfig
+from tasks.promote.config import PromoteConfig
 from tasks.ray_runtime import RayConfig
 from tasks.storage import StorageSettings
 from tasks.tokenize.config import TokenizeConfig
@@ -32,3 +33,4 @@ class ArvidConfig(StrictModel):
             stages=[StageConfig(name="base", resolution=64, frames=17, steps=100)]
         )
     )
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)

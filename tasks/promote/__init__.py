@@ -1,0 +1,1 @@
+"""Registry promotion: gates over evaluation metrics move the `champion` alias, with rollback and a lock."""
