@@ -133,22 +133,23 @@ def _promote(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The main job as far as it is built: data -> ingest -> tokenizer -> tokens."""
+    """The main job as far as it is built: data -> ingest -> tokenizer -> staged pretraining
+    (which tokenizes what each stage needs)."""
     plain = argparse.Namespace(**{**vars(args), "out": None, "count": None})
     _, made = _make_dataset(plain)
     ingest_line, ingested = _ingest(args)
     train_line, trained = _train_tokenizer(plain)
-    tokens_line, tokens = _tokenize(plain)
-    pending = ["pretrain", "evaluate", "promote"]
+    pretrain_line, pretrained = _pretrain(plain)
+    pending = ["evaluate", "promote"]
     line = (
-        f"demo: {made['videos']} videos made; {ingest_line}; {train_line}; {tokens_line}; "
-        f"not built yet: {', '.join(pending)}"
+        f"demo: {made['videos']} videos made; {ingest_line}; {train_line}; {pretrain_line}; "
+        f"not in the demo yet: {', '.join(pending)}"
     )
     return line, {
         "make_dataset": made,
         "ingest": ingested,
         "train_tokenizer": trained,
-        "tokenize": tokens,
+        "pretrain": pretrained,
         "not_built_yet": pending,
     }
 

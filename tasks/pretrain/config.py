@@ -136,7 +136,9 @@ class PretrainConfig(StrictModel):
     val_every: int | None = Field(None, ge=1, description="None: validate at the end of a stage")
     max_failures: int = Field(0, ge=0, description="Ray Train restarts of a failed stage")
     register_alias: str | None = Field(
-        "champion", description="alias set on the registered arvid-generator version"
+        None,
+        description="alias set on the registered arvid-generator version; None (the default) "
+        "leaves `champion` to `arvid promote`, which judges the version on its metrics",
     )
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from tasks.pretrain.loop import (
     TrainOptions,
 )
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
+from tasks.promote.metrics import set_version_metrics
 from tasks.settings import ArvidConfig
 from tasks.tokenize.report import TokenizeSummary
 from tasks.tokenize.run import tokenize_dataset
@@ -85,7 +86,7 @@ class PretrainSummary(BaseModel):
     alias: str | None
 
     def reference(self) -> str:
-        """The registry reference to load the result with."""
+        """The registry reference to load the result with (the version, unless an alias was set)."""
         if self.alias:
             return f"models:/{self.registered_model}@{self.alias}"
         return f"models:/{self.registered_model}/{self.model_version}"
@@ -209,6 +210,13 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         record, model_dir = resolve_tokenizer(pretrain_config.tokenizer, Path(tmp) / "model")
         tokenizer = TokenizerConfig.model_validate_json((model_dir / "config.json").read_text())
     check_stages(pretrain_config, tokenizer)
+    shards = len(dataset.rows_by_shard())  # token shards follow the dataset's shards one to one
+    if pretrain_config.val_shards >= shards:
+        raise ValueError(
+            f"{dataset.root}@{dataset.version}: {shards} shard(s), so pretrain.val_shards="
+            f"{pretrain_config.val_shards} would leave nothing to train on — lower val_shards, or "
+            "ingest more inputs (or fewer per shard: ingest.inputs_per_shard)"
+        )
     dataset_uri = f"{dataset.root}@{dataset.version}"
     classes = class_names(dataset.rows)
     model_config = GeneratorConfig.model_validate(
@@ -257,11 +265,14 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         "arvid.tokens_version": last.tokens_version,
         "arvid.git_commit": tracking.git_commit(),
         "arvid.schedule": last.schedule,
-        "arvid.val_bits_per_token": f"{last.val_bits:.6f}" if last.val_bits is not None else "",
     }
     version = registry.register(
         model_uri, registry.GENERATOR_MODEL, run_id, lineage, pretrain_config.register_alias
     )
+    if last.val_bits is not None:  # where promotion's gates read it (tasks/promote/metrics.py)
+        set_version_metrics(
+            registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}
+        )
     return PretrainSummary(
         dataset=dataset.name,
         dataset_version=dataset.version,

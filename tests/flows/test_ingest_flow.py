@@ -46,9 +46,14 @@ def test_cli_demo_runs_the_built_chain_and_prints_json(
         "tokenizer_training.model.base_channels=4",
         "tokenizer_training.log_every=1",
         "tokenizer_training.sample_every=2",
-        f"tokenize.dataset={tmp_path / 'datasets' / 'demo'}",
         f"tokenize.tokens_root={tmp_path / 'tokens'}",
-        "tokenize.frames=9",
+        "tokenize.num_actors=1",
+        "ingest.inputs_per_shard=4",  # 2 shards: one trains, one is held out
+        "pretrain.stages=[{name: s, resolution: 32, frames: 9, schedule: next_scale, steps: 2, batch_size: 2}]",
+        "pretrain.num_workers=1",
+        "pretrain.model.n_layer=1",
+        "pretrain.model.n_embd=32",
+        f"pretrain.checkpoint_dir={tmp_path / 'generator'}",
     ]
     overrides = _demo_overrides(tmp_path, tracking_config) + tiny
     args = ["demo", "--json"] + [item for o in overrides for item in ("--set", o)]
@@ -58,9 +63,10 @@ def test_cli_demo_runs_the_built_chain_and_prints_json(
     assert out[-2].startswith("demo: 8 videos made; ingest demo@")
     assert summary["make_dataset"]["videos"] == 8
     assert summary["ingest"]["clips_total"] == 16 and summary["ingest"]["quarantined_total"] == 0
-    assert summary["tokenize"]["clips_total"] == 16
-    assert summary["tokenize"]["dataset_version"] == summary["ingest"]["version"]
-    assert summary["not_built_yet"] == ["pretrain", "evaluate", "promote"]
+    assert summary["pretrain"]["dataset_version"] == summary["ingest"]["version"]
+    assert [s["steps"] for s in summary["pretrain"]["stages"]] == [2]
+    assert summary["pretrain"]["stages"][0]["tokens_uri"].endswith("32x9")
+    assert summary["not_built_yet"] == ["evaluate", "promote"]
 
     # The ingest run in MLflow holds the counts, throughput and the manifest, tagged with the version.
     mlflow.set_tracking_uri(tracking_config.uri)

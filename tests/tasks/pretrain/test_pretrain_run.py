@@ -13,6 +13,7 @@ from models.tokenizer import TokenizerConfig
 from tasks.pretrain.config import PretrainConfig
 from tasks.pretrain.generator_registry import load_generator
 from tasks.pretrain.run import check_stages, pretrain
+from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL, ModelKindError
 from tasks.settings import ArvidConfig
 from tests.tasks.tokenize.support import make_dataset, register_tokenizer, tiny_tokenizer
@@ -59,6 +60,7 @@ def _config(workspace, stages=STAGES, **pretrain) -> ArvidConfig:
                 "checkpoint_dir": str(root / "checkpoints"),
                 "checkpoint_every": 2,
                 "log_every": 1,
+                "register_alias": "candidate",
                 **pretrain,
             },
         }
@@ -80,10 +82,13 @@ def test_two_stages_train_on_ray_register_a_generator_and_a_rerun_skips_them(wor
     assert first.stages[1].tokens_uri.endswith("32x9")
 
     client = MlflowClient()
-    version = client.get_model_version_by_alias(GENERATOR_MODEL, "champion")
+    version = client.get_model_version_by_alias(GENERATOR_MODEL, "candidate")
     assert str(version.version) == first.model_version
     assert version.tags["arvid.dataset_version"] == first.dataset_version
     assert version.tags["arvid.tokens_version"] == first.stages[-1].tokens_version
+    # Promotion's gates read the held-out bits/token from the version itself.
+    metrics = read_version_metrics(GENERATOR_MODEL, first.model_version)
+    assert metrics["val_bits_per_token"] == pytest.approx(first.stages[-1].val_bits)
     children = client.search_runs(
         [client.get_run(first.run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'",
@@ -91,7 +96,7 @@ def test_two_stages_train_on_ray_register_a_generator_and_a_rerun_skips_them(wor
     assert sorted(r.data.tags["arvid.stage"] for r in children) == ["large", "small"]
     assert all("val_bits_per_token" in r.data.metrics for r in children)
 
-    model = load_generator(f"models:/{GENERATOR_MODEL}@champion")
+    model = load_generator(f"models:/{GENERATOR_MODEL}@candidate")
     assert isinstance(model, VideoAR) and model.config.latent_hw == (4, 4)
     with pytest.raises(ModelKindError, match="not a generator"):
         load_generator("models:/arvid-tokenizer@champion")
@@ -147,3 +152,10 @@ def test_a_missing_dataset_fails_before_any_training(workspace, tmp_path):
     config = _config(workspace, dataset=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere: no ingested dataset here"):
         pretrain(config)
+
+
+def test_holding_out_every_shard_fails_before_any_tokenization(workspace):
+    config = _config(workspace, val_shards=2)  # the workspace dataset has 2 shards
+    with pytest.raises(ValueError, match="val_shards=2 would leave nothing to train on"):
+        pretrain(config)
+    assert not (workspace["root"] / "checkpoints").exists()
