@@ -154,8 +154,9 @@ def test_a_missing_dataset_fails_before_any_training(workspace, tmp_path):
         pretrain(config)
 
 
-def test_holding_out_every_shard_fails_before_any_tokenization(workspace):
-    config = _config(workspace, val_shards=2)  # the workspace dataset has 2 shards
+def test_holding_out_every_shard_fails_before_any_work(workspace, tmp_path):
+    # The workspace dataset has 2 shards.
+    config = _config(workspace, val_shards=2, checkpoint_dir=str(tmp_path / "checkpoints"))
     with pytest.raises(ValueError, match="val_shards=2 would leave nothing to train on"):
         pretrain(config)
-    assert not (workspace["root"] / "checkpoints").exists()
+    assert not (tmp_path / "checkpoints").exists()
