@@ -187,6 +187,9 @@ class VideoAR(nn.Module):
                 f"({generator.config.vocab_size})"
             )
         config.error_correction.check_scales(self.quantizer.num_scales)
+        # Inputs here are embeddings built from the pyramid, never token ids: the generator's token
+        # embedding is unused, and DDP refuses parameters that never get a gradient.
+        generator.input_embedding.requires_grad_(False)
         n_embd = generator.config.n_embd
         std = generator.config.init_std
         self.input_proj = nn.Linear(self.quantizer.fsq.dim, n_embd, bias=False)

@@ -136,3 +136,26 @@ def test_infinity_error_correction_without_stored_latents_fails_naming_the_remed
     videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
     with pytest.raises(ValueError, match="pass continuous="):
         run_stage(_spec(tmp_path, tokens, stage, "vs", videoar=videoar))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_next_scale_stage_trains_with_ddp_on_two_ray_workers(tmp_path):
+    from tasks.pretrain.driver import fit_stage
+    from tasks.ray_runtime import RayConfig
+    from tasks.train.events import ignore_event
+    from tasks.train.ray_driver import WorkerGroup
+
+    scales = [1, 2, 4]
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
+    stage = StageConfig(
+        name="ddp", resolution=32, frames=9, schedule="next_scale", steps=4, batch_size=4,
+        error_correction={"enabled": True}, frame_mask={"prob": 0.5},
+    )  # fmt: skip
+    videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
+    spec = _spec(tmp_path, tokens, stage, "ddp", videoar=videoar, checkpoint_every=2)
+    result = fit_stage(spec, WorkerGroup(num_workers=2), RayConfig(num_cpus=2), ignore_event)
+    assert result.steps == 4 and result.val_bits is not None
+    # Both workers stepped together: the saved weights are rank 0's after 4 synchronised steps.
+    model = load_generator_from_dir(result.final_checkpoint)
+    assert isinstance(model, VideoAR)
