@@ -6,7 +6,7 @@ from prefect import flow
 
 from tasks import storage
 from tasks.ingest.run import IngestSummary
-from tasks.ingest.steps import ingest_step, record_ingest_run
+from tasks.ingest.steps import ingest_step
 from tasks.settings import ArvidConfig
 
 
@@ -14,6 +14,4 @@ from tasks.settings import ArvidConfig
 def ingest_flow(config: ArvidConfig) -> IngestSummary:
     """Ingest the configured source into a dataset version and record the run in MLflow."""
     storage.configure_storage(config.storage)
-    summary = ingest_step(config)
-    record_ingest_run(summary, config)
-    return summary
+    return ingest_step(config)

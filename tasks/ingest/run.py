@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from tasks import storage
+from tasks import storage, tracking
 from tasks.data.manifest import jsonl, manifest_version
 from tasks.ingest.config import IngestConfig
 from tasks.ingest.decode import InputResult, process_input
@@ -30,6 +30,7 @@ from tasks.ingest.shards import (
 )
 from tasks.ingest.sources import Discovery, SourceInput, discover_inputs
 from tasks.ingest.workers import SupervisedPool, TaskFailure
+from tasks.settings import ArvidConfig
 
 log = logging.getLogger("arvid.ingest")
 
@@ -69,6 +70,7 @@ class IngestSummary(BaseModel):
     inputs_partial: int = 0
     # Files a folder/prefix scan passed over, by extension (sources.skipped_extension).
     skipped_by_extension: dict[str, int] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
 
     def line(self) -> str:
         """The one-line human summary."""
@@ -260,3 +262,18 @@ def ingest_dataset(
         inputs_partial=len({row["input"] for row in rows if row.get("partial")}),
         skipped_by_extension=discovery.skipped_by_extension,
     )
+
+
+def run_ingest(config: ArvidConfig) -> IngestSummary:
+    """`ingest_dataset` inside its MLflow run (opened first, as every step opens its own):
+    params and lineage tags, then counts, throughput, manifest and quarantine (report.py)."""
+    from tasks.ingest.report import record_results, run_params, run_tags
+
+    ingest = config.ingest
+    with tracking.tracked_run(
+        config.tracking, f"ingest-{ingest.name}", run_params(ingest), run_tags(ingest)
+    ) as run:
+        summary = ingest_dataset(ingest, config.storage)
+        summary.mlflow_run_id = run.info.run_id
+        record_results(summary)
+    return summary

@@ -396,7 +396,7 @@ def test_ingest_run_in_mlflow_counts_partial_inputs_and_skipped_files(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tasks.ingest.steps import record_ingest_run
+    from tasks.ingest.run import run_ingest
     from tasks.settings import ArvidConfig
 
     cut, _ = _partial_source(tmp_path)
@@ -404,8 +404,7 @@ def test_ingest_run_in_mlflow_counts_partial_inputs_and_skipped_files(
     config = ArvidConfig(
         ingest=_config(cut, tmp_path / "out", clip_stride=4), tracking=tracking_config
     )
-    summary = ingest_dataset(config.ingest)
-    run_id = record_ingest_run.fn(summary, config)
+    run_id = run_ingest(config).mlflow_run_id
 
     mlflow.set_tracking_uri(tracking_config.uri)
     metrics = MlflowClient().get_run(run_id).data.metrics
