@@ -10,10 +10,7 @@ latest.json as the commit point; the last K kept):
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -29,13 +26,10 @@ from models.generator.persist import (
 )
 from tasks import storage
 from tasks.train.checkpoints import (
-    LATEST_FILE,
-    MANIFEST_FILE,
-    CheckpointError,
-    _read_verified,
     checkpoint_name,
     latest_checkpoint,
-    prune_checkpoints,
+    publish_checkpoint,
+    read_checkpoint,
 )
 
 OPTIMIZER_STATE = "optimizer.pt"
@@ -64,7 +58,6 @@ class StageCheckpoints:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Publish the checkpoint of `step`, then point latest.json at it; prune old ones."""
-        uri = self.uri(step)
         buffer = io.BytesIO()
         torch.save(optimizer.state_dict(), buffer)
         files = {
@@ -72,32 +65,11 @@ class StageCheckpoints:
             CONFIG_FILE: generator_config_json(module, {"step": step, **(metadata or {})}).encode(),
             OPTIMIZER_STATE: buffer.getvalue(),
         }
-        for name, data in files.items():
-            storage.write_bytes(storage.join(uri, name), data)
-        manifest = {
-            "step": step,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "files": {
-                name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                for name, data in files.items()
-            },
-            "metadata": metadata or {},
-        }
-        storage.write_text(storage.join(uri, MANIFEST_FILE), json.dumps(manifest, indent=2) + "\n")
-        storage.write_text(
-            storage.join(self.run_dir, LATEST_FILE),
-            json.dumps({"step": step, "checkpoint": checkpoint_name(step)}) + "\n",
-        )
-        prune_checkpoints(self.run_dir, self.keep)
-        return uri
+        return publish_checkpoint(self.run_dir, step, files, metadata, self.keep)
 
     @staticmethod
     def _files(uri: str) -> tuple[int, dict[str, bytes]]:
-        manifest_uri = storage.join(uri, MANIFEST_FILE)
-        if not storage.exists(manifest_uri):
-            raise CheckpointError(f"{uri}: no {MANIFEST_FILE}, so not a complete checkpoint")
-        manifest = json.loads(storage.read_text(manifest_uri))
-        files = {name: _read_verified(uri, name, info) for name, info in manifest["files"].items()}
+        manifest, files = read_checkpoint(uri, (WEIGHTS_FILE, CONFIG_FILE, OPTIMIZER_STATE))
         return int(manifest["step"]), files
 
     @staticmethod

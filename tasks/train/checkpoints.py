@@ -95,7 +95,6 @@ def save_checkpoint(
 
     With `keep`, older complete checkpoints beyond the newest `keep` are deleted afterwards.
     """
-    uri = storage.join(run_dir, checkpoint_name(step))
     optimizer_buffer = io.BytesIO()
     torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, optimizer_buffer)
     files = {
@@ -104,6 +103,19 @@ def save_checkpoint(
         DISCRIMINATOR_WEIGHTS: save_safetensors(_cpu_state(discriminator)),
         OPTIMIZER_STATE: optimizer_buffer.getvalue(),
     }
+    return publish_checkpoint(run_dir, step, files, metadata, keep)
+
+
+def publish_checkpoint(
+    run_dir: str,
+    step: int,
+    files: dict[str, bytes],
+    metadata: dict[str, Any] | None = None,
+    keep: int | None = None,
+) -> str:
+    """Publish `files` as the checkpoint of `step` (files, then checkpoint.json with their sizes
+    and hashes, then latest.json); returns its URI. With `keep`, older ones are pruned after."""
+    uri = storage.join(run_dir, checkpoint_name(step))
     for name, data in files.items():
         storage.write_bytes(storage.join(uri, name), data)
     manifest = {
@@ -125,6 +137,26 @@ def save_checkpoint(
     if keep is not None:
         prune_checkpoints(run_dir, keep)
     return uri
+
+
+def read_checkpoint(
+    uri: str, required: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(checkpoint.json, files) of a complete checkpoint, every file verified against its hash.
+
+    CheckpointError names the folder when it is incomplete, lacks one of `required`, or is corrupt.
+    """
+    manifest_uri = storage.join(uri, MANIFEST_FILE)
+    if not storage.exists(manifest_uri):
+        raise CheckpointError(
+            f"{uri}: no {MANIFEST_FILE}, so not a complete checkpoint — resume from latest.json"
+        )
+    manifest = json.loads(storage.read_text(manifest_uri))
+    expected = manifest["files"]
+    missing = sorted(set(required) - set(expected))
+    if missing:
+        raise CheckpointError(f"{manifest_uri}: lists no {', '.join(missing)}")
+    return manifest, {name: _read_verified(uri, name, info) for name, info in expected.items()}
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -191,20 +223,9 @@ def describe_checkpoint(uri: str) -> tuple[int, TokenizerConfig]:
 
 def load_checkpoint(uri: str) -> Checkpoint:
     """Read and verify one checkpoint folder (weights as tensors, optimizer state weights-only)."""
-    manifest_uri = storage.join(uri, MANIFEST_FILE)
-    if not storage.exists(manifest_uri):
-        raise CheckpointError(
-            f"{uri}: no {MANIFEST_FILE}, so not a complete checkpoint — resume from latest.json"
-        )
-    manifest = json.loads(storage.read_text(manifest_uri))
-    expected = manifest["files"]
-    missing = sorted(
-        {TOKENIZER_WEIGHTS, TOKENIZER_CONFIG, DISCRIMINATOR_WEIGHTS, OPTIMIZER_STATE}
-        - set(expected)
+    manifest, data = read_checkpoint(
+        uri, (TOKENIZER_WEIGHTS, TOKENIZER_CONFIG, DISCRIMINATOR_WEIGHTS, OPTIMIZER_STATE)
     )
-    if missing:
-        raise CheckpointError(f"{manifest_uri}: lists no {', '.join(missing)}")
-    data = {name: _read_verified(uri, name, info) for name, info in expected.items()}
     # weights_only: the optimizer file holds tensors and plain containers, never code.
     optimizer_state = torch.load(
         io.BytesIO(data[OPTIMIZER_STATE]), map_location="cpu", weights_only=True
