@@ -6,8 +6,7 @@ pydantic only) imports without torch; `from models.tokenizer import VideoTokeniz
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from models.lazy_exports import lazy_exports
 
 _SUBMODULE_OF = {
     "DiscriminatorConfig": "config",
@@ -34,17 +33,4 @@ _SUBMODULE_OF = {
 }
 
 __all__ = sorted(_SUBMODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    """Import `name` from its submodule on first access (PEP 562)."""
-    submodule = _SUBMODULE_OF.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{submodule}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBMODULE_OF))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SUBMODULE_OF)
