@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from models.generator.attention import (
     Backend,
@@ -148,6 +149,7 @@ class Generator(nn.Module):
         self.class_embedding = nn.Embedding(config.num_classes + 1, config.n_embd)
         self.rope = Rope3D(config.head_dim, config.rope_theta)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.checkpoint_blocks = False  # activation checkpointing in training (a trainer switch)
         self.norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -207,6 +209,7 @@ class Generator(nn.Module):
         visibility: torch.Tensor | None = None,
         backend: Backend = "auto",
         logits_at: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits (B, L - logits_from, V) for L predicting positions starting at ``start``.
 
@@ -223,6 +226,10 @@ class Generator(nn.Module):
         logits_at: optional (M,) long positions of the chunk whose logits are wanted (instead of
         ``logits_from``): positions that only feed others (e.g. context with no target) skip the
         costly head. Logits are then (B, M, V).
+        return_hidden: return the normed hidden states (B, ·, C) of those rows instead of logits,
+        for a loss that applies the head in chunks (chunked_loss.py).
+        With ``checkpoint_blocks`` set, training recomputes each block's activations in the
+        backward pass instead of keeping them (memory for compute).
         """
         x = inputs if inputs.is_floating_point() else self.input_embedding(inputs)  # (B, L, C)
         B, L, _ = x.shape
@@ -254,13 +261,19 @@ class Generator(nn.Module):
             else:
                 mask = None
 
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, layer, offset)
+            if recompute:
+                x = checkpoint(block, x, rope, mask, None, layer, offset, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, cache, layer, offset)
         if cache is not None:
             cache.commit(offset + x.shape[1])
         x = x[:, prefix:]
         x = x[:, logits_from:] if logits_at is None else x[:, logits_at.to(x.device)]
         x = self.norm(x)  # the head is the costly part: skip unused rows
+        if return_hidden:
+            return x
         return self.project_to_vocab(x)  # (B, L - logits_from, V)
 
     def project_to_vocab(self, x: torch.Tensor) -> torch.Tensor:

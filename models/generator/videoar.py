@@ -402,8 +402,10 @@ class VideoAR(nn.Module):
         generator: torch.Generator | None = None,
         perturb: bool | None = None,
         backend: str = "auto",
+        return_hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced (logits (B, N, V), targets (B, N)) over the predicting positions.
+        """Teacher-forced (logits (B, N, V), targets (B, N)) over the predicting positions
+        (the normed hidden states (B, N, C) instead of logits with ``return_hidden``).
 
         perturb (default: self.training) switches on error correction and the frame mask.
         continuous: the tokenizer's continuous latent, for error correction's "infinity" mode
@@ -429,6 +431,7 @@ class VideoAR(nn.Module):
             self.embed_inputs(inputs), layout.coords, layout.group, labels,
             visibility=visibility, backend=backend,
             logits_at=layout.predicting if layout.has_context else None,
+            return_hidden=return_hidden,
         )  # fmt: skip
         return logits, self.flatten(targets)
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.generator.chunked_loss import chunked_cross_entropy
 from models.generator.config import GeneratorConfig, VideoARConfig
 from models.generator.persist import build_generator, unwrap_generator
 from models.generator.schedules import Schedule, build_schedule
@@ -50,6 +51,9 @@ class TrainOptions:
     log_every: int = 10
     val_every: int | None = None
     val_batch_size: int = 16
+    compile_blocks: bool = False  # torch.compile each transformer block
+    activation_checkpointing: bool = False  # recompute block activations in backward
+    loss_chunk_rows: int | None = None  # cross-entropy this many rows at a time (chunked_loss.py)
     flops_per_token: float | None = None  # with a peak: tokens/s -> MFU in the step metrics
     peak_flops: float | None = None
 
@@ -125,6 +129,10 @@ class StageModel:
         self.module = build_generator(spec.model, videoar)
         generator, _ = unwrap_generator(self.module)
         self.generator: Generator = generator
+        generator.checkpoint_blocks = spec.options.activation_checkpointing
+        if spec.options.compile_blocks:  # per block, as torchtitan does: small graphs, one shape
+            for block in generator.blocks:
+                block.compile()
         self.schedule: Schedule | None = None
         if spec.videoar is None:
             t, h, w = spec.train.scales[0].shape[1:]
@@ -144,16 +152,26 @@ class StageModel:
 
     def loss(self, wrapped: nn.Module, batch: Batch, perturb: bool) -> torch.Tensor:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
+        chunk_rows = self.spec.options.loss_chunk_rows
+        hidden = chunk_rows is not None  # the head is applied here, a chunk of rows at a time
         if isinstance(self.module, VideoAR):
-            logits, targets = wrapped(
-                batch.scales, batch.labels, continuous=batch.continuous, perturb=perturb
+            out, targets = wrapped(
+                batch.scales,
+                batch.labels,
+                continuous=batch.continuous,
+                perturb=perturb,
+                return_hidden=hidden,
             )
         else:
             schedule = self.schedule.to(batch.labels.device)
             targets = schedule.tokens_to_sequence(batch.scales[0])  # (B, N)
             inputs = schedule.input_ids(targets, self.generator.config.vocab_size)
-            logits = wrapped(inputs, schedule.coords, schedule.group, batch.labels)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            out = wrapped(
+                inputs, schedule.coords, schedule.group, batch.labels, return_hidden=hidden
+            )
+        if hidden:
+            return chunked_cross_entropy(out, self.generator.head.weight, targets, chunk_rows)
+        return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
 
 
 @torch.no_grad()

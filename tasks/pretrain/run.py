@@ -324,6 +324,9 @@ def _run_stage(
             keep_checkpoints=pretrain_config.keep_checkpoints,
             log_every=pretrain_config.log_every,
             val_every=pretrain_config.val_every,
+            compile_blocks=pretrain_config.compile_blocks,
+            activation_checkpointing=pretrain_config.activation_checkpointing,
+            loss_chunk_rows=pretrain_config.loss_chunk_rows,
             # MFU only means something against a GPU's peak; the CPU reports tokens/s alone.
             peak_flops=H200_BF16_PEAK_FLOPS if pretrain_config.use_gpu else None,
         ),
