@@ -172,7 +172,7 @@ def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
     """The VideoAR layout of a next-scale stage: the tokenizer's pyramid at the stage's grid."""
     from models.generator.config import VideoARConfig
 
-    side = stage.resolution // tokenizer.spatial_factor
+    _, side, _ = tokenizer.latent_shape(stage.frames, stage.resolution, stage.resolution)
     return VideoARConfig(
         levels=tokenizer.levels,
         scales=tokenizer.scales,
@@ -332,7 +332,8 @@ def _run_stage(
         ),
         storage=config.storage,
     )
-    spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
+    if pretrain_config.use_gpu:  # MFU needs it; counting builds the whole model once more
+        spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
     total = stage.total_steps(train.tokens_per_clip)
     tags = {
         "arvid.step": "pretrain-stage",
