@@ -122,6 +122,16 @@ def _pretrain(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return summary.line(), summary.model_dump(mode="json")
 
 
+def _evaluate(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.evaluate import evaluate_flow
+
+    extra = [f"evaluate.model={args.model}"] if args.model else []
+    if args.json:
+        extra.append("evaluate.progress=false")
+    summary = evaluate_flow(_load(args, extra))
+    return summary.line(), summary.model_dump(mode="json")
+
+
 def _promote(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     from flows.promote import promote_flow
 
@@ -168,6 +178,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
     "pretrain": (
         "train the generator stage by stage on Ray Train and register it in MLflow",
         _pretrain,
+    ),
+    "evaluate": (
+        "score a registered generator (FVD, frame prediction, bits/token) and tag its version",
+        _evaluate,
     ),
     "promote": (
         "move the generator's champion alias to a candidate that passes the gates (or roll back)",
@@ -224,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--tokenizer", help="models:/name@alias, models:/name/N, runs:/id/path or a folder"
             )
             cmd.add_argument("--workers", type=int, help="Ray Train workers (pretrain.num_workers)")
+        if name == "evaluate":
+            cmd.add_argument(
+                "--model", help="models:/<name>/N or models:/<name>@alias (default: newest)"
+            )
         if name == "promote":
             cmd.add_argument(
                 "--candidate", help="models:/<name>/N or models:/<name>@alias (default: newest)"

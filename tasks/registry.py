@@ -115,6 +115,18 @@ def register(
     return str(version.version)
 
 
+def find_version(name: str, tags: dict[str, str]) -> str | None:
+    """The newest version of `name` carrying every one of `tags`, or None (also without `name`)."""
+    from mlflow import MlflowClient
+
+    matching = [
+        version
+        for version in MlflowClient().search_model_versions(f"name='{name}'")
+        if all(version.tags.get(key) == value for key, value in tags.items())
+    ]
+    return str(max(int(v.version) for v in matching)) if matching else None
+
+
 # --- resolving references --------------------------------------------------------------------
 
 

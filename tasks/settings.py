@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from tasks.config import StrictModel
+from tasks.evaluate.config import EvaluateConfig
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.promote.config import PromoteConfig
@@ -33,4 +34,5 @@ class ArvidConfig(StrictModel):
             stages=[StageConfig(name="base", resolution=64, frames=17, steps=100)]
         )
     )
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)

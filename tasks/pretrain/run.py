@@ -26,9 +26,10 @@ from pydantic import BaseModel
 from models.tokenizer import TokenizerConfig
 from tasks import registry, storage, tracking
 from tasks.config import config_hash
-from tasks.data.datasets import resolve_dataset
+from tasks.data.datasets import DatasetRef, resolve_dataset
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.pretrain.driver import fit_stage
+from tasks.pretrain.lineage import GeneratorLineage
 from tasks.pretrain.loop import (
     StageResult,
     StageSpec,
@@ -84,6 +85,7 @@ class PretrainSummary(BaseModel):
     registered_model: str
     model_version: str
     alias: str | None
+    registered_before: bool = False  # a re-run of the same training reuses its version
 
     def reference(self) -> str:
         """The registry reference to load the result with (the version, unless an alias was set)."""
@@ -100,8 +102,10 @@ class PretrainSummary(BaseModel):
             for s in self.stages
         )
         val = f", held-out {last.val_bits:.3f} bits/token" if last.val_bits is not None else ""
+        before = " (registered before)" if self.registered_before else ""
         return (
             f"pretrain {self.dataset}@{self.dataset_version}: {stages}{val} -> {self.reference()}"
+            f"{before}"
             f" (MLflow run {self.run_id})"
         )
 
@@ -190,6 +194,30 @@ def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
     return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
 
 
+def generator_lineage(
+    pretrain_config: PretrainConfig,
+    dataset: DatasetRef,
+    tokenizer: TokenizerRecord,
+    key: str,
+    last: StageSummary,
+) -> GeneratorLineage:
+    """What the registered generator was trained on, for evaluation to find again."""
+    stage = pretrain_config.stages[-1]
+    return GeneratorLineage(
+        dataset_uri=dataset.root,
+        dataset_version=dataset.version,
+        tokenizer=tokenizer.pinned,
+        tokens_uri=last.tokens_uri,
+        tokens_version=last.tokens_version,
+        val_shards=pretrain_config.val_shards,
+        resolution=stage.resolution,
+        frames=stage.frames,
+        schedule=stage.schedule,
+        schedule_config=None if stage.schedule == "next_scale" else stage.schedule_config(),
+        run_key=key,
+    )
+
+
 def _finished(run_dir: str, total: int) -> StageResult | None:
     uri = storage.join(run_dir, RESULT_FILE)
     if not storage.exists(uri):
@@ -262,13 +290,35 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         run_id = parent.info.run_id
     lineage = {
         **{k: v for k, v in tags.items() if k != "arvid.step"},
-        "arvid.tokens_version": last.tokens_version,
         "arvid.git_commit": tracking.git_commit(),
-        "arvid.schedule": last.schedule,
+        **generator_lineage(pretrain_config, dataset, record, key, last).as_tags(),
     }
-    version = registry.register(
-        model_uri, registry.GENERATOR_MODEL, run_id, lineage, pretrain_config.register_alias
+    # The same training (run key) over the same checkpoint registers once: a re-run reuses it.
+    version = registry.find_version(
+        registry.GENERATOR_MODEL,
+        {"arvid.run_key": key, "arvid.checkpoint": last.checkpoint},
     )
+    registered_before = version is not None
+    if version is None:
+        version = registry.register(
+            model_uri,
+            registry.GENERATOR_MODEL,
+            run_id,
+            {**lineage, "arvid.checkpoint": last.checkpoint},
+            pretrain_config.register_alias,
+        )
+    else:
+        log.info(
+            "generator %s v%s holds this training already: not registered again",
+            registry.GENERATOR_MODEL,
+            version,
+        )
+        if pretrain_config.register_alias:
+            from mlflow import MlflowClient
+
+            MlflowClient().set_registered_model_alias(
+                registry.GENERATOR_MODEL, pretrain_config.register_alias, version
+            )
     if last.val_bits is not None:  # where promotion's gates read it (tasks/promote/metrics.py)
         set_version_metrics(
             registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}
@@ -285,6 +335,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         registered_model=registry.GENERATOR_MODEL,
         model_version=version,
         alias=pretrain_config.register_alias,
+        registered_before=registered_before,
     )
 
 
