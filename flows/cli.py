@@ -142,26 +142,41 @@ def _promote(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return summary.line(), summary.model_dump(mode="json")
 
 
+def _pipeline(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.pipeline import pipeline_flow
+
+    extra = []
+    if args.tokenizer:
+        extra.append(f"pipeline.tokenizer={args.tokenizer}")
+    if args.json:
+        extra += ["ingest.progress=false", "tokenize.progress=false", "evaluate.progress=false"]
+    config = _load(args, extra)
+    summary = pipeline_flow(config)
+    return _where_to_look(summary, config), summary.model_dump(mode="json")
+
+
+def _where_to_look(summary: Any, config: Any) -> str:
+    """The pipeline's line, then where its results are and how to browse them."""
+    lines = [summary.line()]
+    if summary.metrics:
+        shown = ("fvd", "val_bits_per_token", "prediction_psnr", "seconds_per_video")
+        metrics = ", ".join(f"{k} {summary.metrics[k]:.3f}" for k in shown if k in summary.metrics)
+        lines.append(f"  metrics of {summary.generator}: {metrics}")
+    if summary.samples:
+        lines.append(f"  sample video: {summary.samples[0]}")
+    if summary.contact_sheet:
+        lines.append(f"  contact sheet: {summary.contact_sheet}")
+    lines.append(f"  MLflow: mlflow ui --backend-store-uri {config.tracking.uri}")
+    lines.append("  Prefect: prefect server start  (then open the flow runs of arvid-pipeline)")
+    return "\n".join(lines)
+
+
 def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The main job as far as it is built: data -> ingest -> tokenizer -> staged pretraining
-    (which tokenizes what each stage needs)."""
-    plain = argparse.Namespace(**{**vars(args), "out": None, "count": None})
-    _, made = _make_dataset(plain)
-    ingest_line, ingested = _ingest(args)
-    train_line, trained = _train_tokenizer(plain)
-    pretrain_line, pretrained = _pretrain(plain)
-    pending = ["evaluate", "promote"]
-    line = (
-        f"demo: {made['videos']} videos made; {ingest_line}; {train_line}; {pretrain_line}; "
-        f"not in the demo yet: {', '.join(pending)}"
-    )
-    return line, {
-        "make_dataset": made,
-        "ingest": ingested,
-        "train_tokenizer": trained,
-        "pretrain": pretrained,
-        "not_built_yet": pending,
-    }
+    """The main job on the embedded default: make the dataset, then the whole pipeline."""
+    plain = argparse.Namespace(**{**vars(args), "out": None, "count": None, "tokenizer": None})
+    made_line, made = _make_dataset(plain)
+    line, summary = _pipeline(plain)
+    return f"{made_line}\n{line}", {"make_dataset": made, "pipeline": summary}
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]]] = {
@@ -187,7 +202,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         "move the generator's champion alias to a candidate that passes the gates (or roll back)",
         _promote,
     ),
-    "demo": ("run the main job on the embedded default config", _demo),
+    "pipeline": (
+        "ingest -> tokenizer -> tokenize -> pretrain -> evaluate -> promote (skipping done steps)",
+        _pipeline,
+    ),
+    "demo": ("make the demo dataset and run the pipeline on the embedded default", _demo),
 }
 
 
@@ -248,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument(
                 "--rollback", action="store_true", help="move champion back to previous"
+            )
+        if name == "pipeline":
+            cmd.add_argument(
+                "--tokenizer", help="reuse this registered tokenizer instead of training one"
             )
         if name == "ingest":
             cmd.add_argument(

@@ -7,6 +7,7 @@ from pydantic import Field
 from tasks.config import StrictModel
 from tasks.evaluate.config import EvaluateConfig
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
+from tasks.pipeline.config import PipelineConfig
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.promote.config import PromoteConfig
 from tasks.ray_runtime import RayConfig
@@ -36,3 +37,4 @@ class ArvidConfig(StrictModel):
     )
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

@@ -368,8 +368,15 @@ def _record(
     )  # fmt: skip
     if version.tags.get(DIGEST_TAG) == digest:
         log.info("evaluate %s: the version carries this evaluation already", target.pinned)
+        run_id = version.tags.get(RUN_TAG)
+        samples = [a.path for a in client.list_artifacts(run_id, "samples")] if run_id else []
         return summary.model_copy(
-            update={"recorded_before": True, "mlflow_run_id": version.tags.get(RUN_TAG)}
+            update={
+                "recorded_before": True,
+                "mlflow_run_id": run_id,
+                "samples": samples,
+                "contact_sheet": "contact_sheet.png" if samples else None,
+            }
         )
     tags = {
         "arvid.step": "evaluate",

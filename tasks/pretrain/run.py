@@ -157,9 +157,10 @@ def run_key(
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def _tokens_for(
+def stage_tokenize_config(
     config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
-) -> TokenizeSummary:
+) -> ArvidConfig:
+    """`config` with its tokenize section set to what `stage` trains on."""
     tokenize = config.tokenize.model_copy(
         update={
             "dataset": dataset,
@@ -169,7 +170,13 @@ def _tokens_for(
             "latents": stage.needs_latents,
         }
     )
-    return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
+    return config.model_copy(update={"tokenize": tokenize})
+
+
+def _tokens_for(
+    config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
+) -> TokenizeSummary:
+    return tokenize_dataset(stage_tokenize_config(config, stage, dataset, tokenizer))
 
 
 def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
@@ -224,6 +231,18 @@ def _finished(run_dir: str, total: int) -> StageResult | None:
         return None
     result = StageResult(**json.loads(storage.read_text(uri)))
     return result if result.steps == total else None
+
+
+def trained_version(config: ArvidConfig) -> str | None:
+    """The generator version this exact training (data, tokenizer, model, stages) registered
+    before, or None — what lets a pipeline skip pretraining without starting anything."""
+    storage.configure_storage(config.storage)
+    tracking.setup_tracking(config.tracking)
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
+    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
+        record, _ = resolve_tokenizer(config.pretrain.tokenizer, Path(tmp) / "model")
+    key = run_key(config.pretrain, dataset.version, record, class_names(dataset.rows))
+    return registry.find_version(registry.GENERATOR_MODEL, {"arvid.run_key": key})
 
 
 def pretrain(config: ArvidConfig) -> PretrainSummary:
