@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.deployments import deployment_names
 from tasks import preflight
 from tasks.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from tasks.settings import ArvidConfig
@@ -175,6 +176,13 @@ def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _serve(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from flows.deployments import serve_deployments
+
+    served = serve_deployments(_load(args, []), names=args.only, limit=args.limit)
+    return f"serve: stopped serving {', '.join(served)}", {"served": served}
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]]] = {
     "make-dataset": (
         "write the synthetic, class-labelled demo videos (real mp4 files)",
@@ -195,6 +203,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         _promote,
     ),
     "demo": ("run the main job on the embedded default config", _demo),
+    "serve": (
+        "register arvid's Prefect deployments and run their flow runs here until stopped",
+        _serve,
+    ),
 }
 
 Check = Callable[[ArvidConfig, argparse.Namespace], None]
@@ -217,6 +229,7 @@ PREFLIGHT: dict[str, tuple[Callable[[argparse.Namespace], list[str]], Check | No
         lambda config, args: preflight.check_promote(config, rollback=args.rollback),
     ),
     "demo": (_ingest_overrides, None),  # the demo makes its own source: the config alone
+    "serve": (lambda args: [], None),
 }
 
 
@@ -289,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--rollback", action="store_true", help="move champion back to previous"
             )
+        if name == "serve":
+            cmd.add_argument(
+                "--only",
+                action="append",
+                choices=deployment_names(),
+                help="serve only this deployment (repeatable; default: all)",
+            )
+            cmd.add_argument("--limit", type=int, help="at most this many flow runs at once")
         if name == "ingest":
             cmd.add_argument(
                 "--source", help="folder, s3:// prefix, .jsonl/.csv manifest or shard folder"

@@ -71,7 +71,7 @@ def _env(prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, console_script: bool = False) -> Outcome:
+def run_cli(args: list[str], cwd: Path, console_script: bool = False, **env: str) -> Outcome:
     """Run `arvid args...` in a fresh interpreter in `cwd` with a fresh, unused PREFECT_HOME."""
     prefect_home = cwd / f"prefect-home-{time.monotonic_ns()}"
     if console_script:
@@ -80,7 +80,12 @@ def run_cli(args: list[str], cwd: Path, console_script: bool = False) -> Outcome
         command = [sys.executable, "-c", PROBE, *args]
     start = time.perf_counter()
     result = subprocess.run(
-        command, cwd=cwd, env=_env(prefect_home), capture_output=True, text=True, timeout=300
+        command,
+        cwd=cwd,
+        env={**_env(prefect_home), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return Outcome(
         code=result.returncode,
@@ -255,3 +260,28 @@ def test_valid_inputs_pass_the_preflight(workspace: dict, tmp_path: Path) -> Non
     config = load_config(ArvidConfig, None, [f"tracking.uri={tracking.uri}"])
     check_promote(config)  # the newest version of arvid-generator
     check_promote(config, rollback=True)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_an_error_inside_a_flow_prints_no_prefect_traceback_without_verbose(
+    workspace: dict, tmp_path: Path
+) -> None:
+    """Past the checks, the flow's own error still ends the run with one clear line: Prefect's
+    tracebacks of the failed task and flow run show only with --verbose."""
+    from prefect.settings import PREFECT_API_URL
+
+    args = ["promote", "--rollback", *_tracking_sets(workspace["tracking"])]
+    api = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    expected = "arvid promote: error: arvid-generator: no 'previous' version to roll back to"
+
+    quiet = run_cli(args, tmp_path, **api)
+    assert quiet.code == 2, quiet
+    assert not any("Traceback" in line for line in quiet.stderr), "\n".join(quiet.stderr)
+    assert sum(expected in line for line in quiet.stderr) == 1, "\n".join(quiet.stderr)
+    assert any("Finished in state Failed" in line for line in quiet.stderr)  # Prefect still says
+
+    verbose = run_cli([*args, "--verbose"], tmp_path, **api)
+    assert verbose.code == 2, verbose
+    assert sum("Traceback (most recent call last):" in line for line in verbose.stderr) >= 2
+    assert verbose.stderr[-1].startswith(expected), verbose.stderr[-1]
