@@ -30,6 +30,25 @@ def default_scale_gains(scales: Sequence[int]) -> list[float]:
     return [math.sqrt(s / scales[0]) for s in scales]
 
 
+def check_quantizer(
+    levels: Sequence[int], scales: Sequence[int] | None = None, gains: Sequence[float] | None = None
+) -> None:
+    """Raise ValueError naming the value when FSQ levels, residual scales or gains cannot work.
+
+    The quantizers check their arguments with this too; the config checks without building one,
+    so that validating a config does not import torch.
+    """
+    if len(levels) == 0 or any(int(level) < 2 for level in levels):
+        raise ValueError(f"FSQ levels {list(levels)}: need at least one level, each >= 2")
+    if scales is None:
+        return
+    if len(scales) == 0 or any(int(s) < 1 for s in scales) or list(scales) != sorted(scales):
+        raise ValueError(f"scales {list(scales)}: need positive sides in increasing order")
+    gains = default_scale_gains(scales) if gains is None else list(gains)
+    if len(gains) != len(scales) or any(g <= 0 for g in gains):
+        raise ValueError(f"scale gains {gains}: need one positive gain per scale ({len(scales)})")
+
+
 class DiscriminatorConfig(BaseModel):
     """Width and depth of the PatchGAN discriminator."""
 
@@ -107,7 +126,7 @@ class TokenizerConfig(BaseModel):
         if self.scales is not None and self.scale_gains is None:
             # Written out so that a saved config.json pins the gains: tokens mean nothing without them.
             self.scale_gains = default_scale_gains(self.scales)
-        self.make_quantizer()  # validates levels, scales and gains
+        check_quantizer(self.levels, self.scales, self.scale_gains)
         return self
 
     @property

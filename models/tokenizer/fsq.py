@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from models.tokenizer.config import check_quantizer
+
 # Squeeze the tanh range a hair so that `round` never lands on L_i itself at saturation.
 _BOUND_EPS = 1e-3
 
@@ -29,8 +31,7 @@ class FSQ(nn.Module):
 
     def __init__(self, levels: Sequence[int]):
         super().__init__()
-        if len(levels) == 0 or any(int(level) < 2 for level in levels):
-            raise ValueError(f"FSQ levels {list(levels)}: need at least one level, each >= 2")
+        check_quantizer(levels)
         self.levels = tuple(int(level) for level in levels)
         levels_t = torch.tensor(self.levels, dtype=torch.float32)
         # Mixed-radix place values: index = sum_i digit_i * prod_{j<i} L_j.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.tokenizer.config import UpsampleMode, default_scale_gains
+from models.tokenizer.config import UpsampleMode, check_quantizer, default_scale_gains
 from models.tokenizer.fsq import FSQ
 
 
@@ -75,13 +75,8 @@ class MultiScaleFSQ(nn.Module):
         upsample_mode: UpsampleMode = "bilinear",
     ):
         super().__init__()
-        if len(scales) == 0 or any(int(s) < 1 for s in scales) or list(scales) != sorted(scales):
-            raise ValueError(f"scales {list(scales)}: need positive sides in increasing order")
+        check_quantizer(levels, scales, gains)
         gains = default_scale_gains(scales) if gains is None else list(gains)
-        if len(gains) != len(scales) or any(g <= 0 for g in gains):
-            raise ValueError(
-                f"scale gains {gains}: need one positive gain per scale ({len(scales)})"
-            )
         self.fsq = FSQ(levels)
         self.scales = tuple(int(s) for s in scales)
         self.gains = tuple(float(g) for g in gains)
