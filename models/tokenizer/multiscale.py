@@ -122,7 +122,7 @@ class MultiScaleFSQ(nn.Module):
         self.register_buffer("gains", gains_t, persistent=calibrate)
         self.register_buffer("residual_rms", 1.0 / (self.range_rms * gains_t), persistent=calibrate)
         self.register_buffer(
-            "observed_batches", torch.zeros((), dtype=torch.long), persistent=calibrate
+            "observed_batches", torch.zeros(1, dtype=torch.long), persistent=calibrate
         )
 
     def gain_values(self) -> list[float]:
@@ -190,7 +190,7 @@ class MultiScaleFSQ(nn.Module):
         calibrating, move the gains to it; returns the batch's statistics (measured with the
         gains it was quantized with). The training forward calls it; eval never does."""
         stats = self.statistics(continuous)
-        first = int(self.observed_batches) == 0
+        first = int(self.observed_batches.item()) == 0
         momentum = 0.0 if first else GAIN_MOMENTUM
         self.residual_rms.mul_(momentum).add_((1 - momentum) * stats.residual_rms)
         self.observed_batches.add_(1)

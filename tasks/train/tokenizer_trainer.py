@@ -14,6 +14,7 @@ only wires them for the tokenizer.
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def dataset_reference(config: ArvidConfig) -> str:
 
 def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
     """Train on Ray inside an MLflow run and log the final tokenizer as a model (not registered)."""
+    started_at = time.time()  # max_minutes counts from here: Ray's start-up is part of the run
     training: TokenizerTrainingConfig = config.tokenizer_training
     storage.configure_storage(config.storage)
     # Absolute: Ray Train workers run in their own working directory.
@@ -96,7 +98,13 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
         storage.absolute(training.checkpoint_dir),
         f"{dataset.name}-{training.run_key(dataset.version)}",
     )
-    spec = TrainingSpec(training=training, storage=config.storage, dataset=dataset, run_dir=run_dir)
+    spec = TrainingSpec(
+        training=training,
+        storage=config.storage,
+        dataset=dataset,
+        run_dir=run_dir,
+        started_at=started_at,
+    )
     resume_point(spec)  # an unusable checkpoint is reported here, before any worker starts
     digest = config_hash(training)
     tags = {
