@@ -286,6 +286,7 @@ def main() -> None:
                         prefix + "steps": summary.steps,
                         prefix + "train_wall_s": round(wall_s, 1),
                         prefix + "train_loop_s": summary.train_seconds,
+                        prefix + "startup_s": summary.startup_seconds,
                         prefix + "train_clips_per_s": summary.clips_per_s,
                         prefix + "psnr_quantized_db": round(result.psnr_quantized_db, 2),
                         prefix + "psnr_continuous_db": round(result.psnr_continuous_db, 2),

@@ -1,11 +1,11 @@
 """The tokenizer training loop: what every worker runs, with or without Ray.
 
 `run_training(spec, worker)` resumes from the run's latest checkpoint (or starts from scratch),
-trains to `spec.training.steps` or until `max_minutes` of wall time are spent, and on rank 0 publishes metrics, sample videos and checkpoints
-as `tasks.train.events` and returns a `TrainingResult`. It knows nothing of Ray or MLflow: the
-`WorkerContext` says where it runs (rank, world size, device) and where its events go, so it also
-runs in a plain process (world size 1), which is how a killed run is tested and how one debugs
-the loop in a notebook. Checkpoints and sample videos go through the storage layer, whose settings
+trains to `spec.training.steps` or until `max_minutes` of wall time are spent (budget.py), and on
+rank 0 publishes metrics, sample videos and checkpoints as `tasks.train.events` and returns a
+`TrainingResult`. It knows nothing of Ray or MLflow: the `WorkerContext` says where it runs (rank,
+world size, device) and where its events go, so it also runs in a plain process (world size 1),
+which is how a killed run is tested and how one debugs the loop in a notebook. Checkpoints and sample videos go through the storage layer, whose settings
 travel inside the spec (Ray workers do not inherit `configure_storage`).
 """
 
@@ -70,6 +70,9 @@ class TrainingResult:
     steps_trained: int
     train_seconds: float
     clips_per_s: float
+    # From the job's start (spec.started_at) to this loop's first step: Ray's worker start-up,
+    # imports, the process group, model build and restore (0 when started_at is not given).
+    startup_seconds: float
     metrics: dict[str, float]  # of the last logging window
 
 
@@ -226,6 +229,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     )
 
     budget = TimeBudget.of_minutes(cfg.max_minutes, spec.started_at, restored.seconds_spent)
+    startup_seconds = time.time() - spec.started_at if spec.started_at is not None else 0.0
     time_fraction = budget.fraction(worker)  # read at the end of every step, the same on all ranks
     window: dict[str, float] = {}
     counts: dict[str, int] = {}  # per key: the GAN's terms join mid-window
@@ -324,6 +328,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
         checkpoint=checkpoint_uri,
         steps_trained=trained,
         train_seconds=round(seconds, 3),
+        startup_seconds=round(startup_seconds, 3),
         clips_per_s=trained * cfg.batch_size * worker.world_size / seconds if trained else 0.0,
         metrics=metrics,
     )

@@ -50,6 +50,7 @@ class TokenizerTrainingSummary(BaseModel):
     steps_trained: int
     num_workers: int
     train_seconds: float
+    startup_seconds: float  # from the call's start to the first training step (Ray start-up)
     clips_per_s: float
     metrics: dict[str, float]
     model_uri: str  # runs:/<run id>/tokenizer
@@ -132,6 +133,7 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
                 "final/psnr_db": outcome.metrics.get("psnr_db", float("nan")),
                 "final/ssim": outcome.metrics.get("ssim", float("nan")),
                 "train_seconds": outcome.train_seconds,
+                "startup_seconds": outcome.startup_seconds,
                 "mean_clips_per_s": outcome.clips_per_s,
                 "resumed_from_step": outcome.resumed_from_step,
             },
@@ -158,6 +160,7 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
         steps_trained=outcome.steps_trained,
         num_workers=training.num_workers,
         train_seconds=outcome.train_seconds,
+        startup_seconds=outcome.startup_seconds,
         clips_per_s=round(outcome.clips_per_s, 3),
         metrics={k: round(float(v), 6) for k, v in outcome.metrics.items()},
         model_uri=model_uri,

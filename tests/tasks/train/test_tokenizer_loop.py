@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,19 @@ def test_learning_rate_decays_over_whichever_of_steps_and_time_binds_first() -> 
     assert learning_rate(config, 2, 1.0, time_fraction=0.5) == pytest.approx(0.55)  # mid-cosine
     assert learning_rate(config, 2, 1.0, time_fraction=1.0) == pytest.approx(0.1)
     assert learning_rate(config, 51, 1.0, time_fraction=0.1) == pytest.approx(0.55)  # steps bind
+
+
+def test_the_budget_counts_from_the_jobs_start_and_start_up_is_reported(
+    tiny_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    # A job that began 3 s before its loop (as Ray's start-up would) with a 3.6 s budget.
+    spec = TrainingSpec(
+        training=small_window_training(steps=10_000, max_minutes=0.06, log_every=10_000),
+        storage=StorageSettings(),
+        dataset=tiny_dataset,
+        run_dir=str(tmp_path / "run"),
+        started_at=time.time() - 3.0,
+    )
+    result = run_training(spec)
+    assert result.startup_seconds >= 3.0
+    assert result.train_seconds < 3.0  # the loop got what start-up left (0.6 s), not 3.6 s
