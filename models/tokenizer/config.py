@@ -22,6 +22,8 @@ UpsampleMode = Literal["bilinear", "bicubic", "nearest"]
 def default_scale_gains(scales: Sequence[int]) -> list[float]:
     """Per-scale gains sqrt(s_k / s_0): doubling a scale's side multiplies its gain by sqrt(2).
 
+    The fixed gains of an uncalibrated quantizer, and the starting point of a calibrated one.
+
     A gain trades range for resolution: scale k's codes cover +-1/g_k in steps of 1/(g_k L/2).
     Too small and fine residuals round to the zero code; too large and they saturate and the
     last scale's error stays. On synthetic latents with 1/f-like spectra, sqrt growth was near
@@ -97,7 +99,13 @@ class TokenizerConfig(BaseModel):
     # (e.g. [1, 2, 4, 8, 16] for a 16x16 latent); see multiscale.scale_shapes for other sizes.
     scales: list[int] | None = None
     # Gain applied to each scale's residual before rounding; None: sqrt(s_k / s_0), see multiscale.py.
+    # With calibrate_gains these are the starting gains, and a saved tokenizer's config holds the
+    # calibrated ones (the generator rebuilds tokens from them).
     scale_gains: list[float] | None = None
+    # Follow each scale's residual RMS during training (frozen in eval): the grid's ends sit
+    # gain_range_rms RMS out. False: the gains stay as given.
+    calibrate_gains: bool = True
+    gain_range_rms: float = Field(2.0, gt=0)
     upsample_mode: UpsampleMode = "bilinear"
 
     @model_validator(mode="after")
@@ -183,7 +191,19 @@ class TokenizerConfig(BaseModel):
 
         if self.scales is None:
             return FSQ(self.levels)
-        return MultiScaleFSQ(self.levels, self.scales, self.scale_gains, self.upsample_mode)
+        return MultiScaleFSQ(
+            self.levels,
+            self.scales,
+            self.scale_gains,
+            self.upsample_mode,
+            calibrate=self.calibrate_gains,
+            range_rms=self.gain_range_rms,
+        )
+
+    def full_pyramid_side(self) -> int | None:
+        """Smallest square side in pixels whose latent keeps every scale on its own grid
+        (finest scale = latent side); None for single-scale FSQ, which has no pyramid."""
+        return None if self.scales is None else self.scales[-1] * self.spatial_factor
 
 
 def _nearby(size: int, step: int, offset: int) -> str:

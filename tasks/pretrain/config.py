@@ -39,6 +39,15 @@ class StageConfig(StrictModel):
     token_budget: int | None = Field(
         None, ge=1, description="target tokens to train on; steps = ceil(budget / tokens per step)"
     )
+    # Excluded from dumps: how long a stage may run is not what it learns, so it stays out of
+    # the run key (and a stage stopped by it resumes with a fresh budget when run again).
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="wall-time cap of the stage's training loop; it ends at its steps or here, "
+        "whichever comes first, with the lr schedule over whichever binds first",
+    )
     batch_size: int = Field(8, ge=1, description="clips per step across all workers")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0, description="linear warm-up (the optimizer restarts)")
