@@ -29,7 +29,7 @@ def _tiny_generator() -> GeneratorConfig:
 class StageConfig(StrictModel):
     """One stage: a clip shape, a generation schedule, a budget and its optimisation."""
 
-    name: str = Field(description="folder-safe name, unique in the run (e.g. 32px-9f)")
+    name: str = Field(description="folder-safe name, unique in the run (e.g. 64px-9f)")
     resolution: int = Field(ge=8, description="square side in pixels the clips are tokenized at")
     frames: int = Field(ge=1, description="frames per clip (1 + temporal_factor·n)")
     schedule: ScheduleName = "ntp"
