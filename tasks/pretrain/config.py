@@ -138,6 +138,11 @@ class PretrainConfig(StrictModel):
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="cross-entropy this many rows at a time (never the full logits)"
     )
+    fsdp: bool = Field(
+        False,
+        description="shard weights, gradients and AdamW state over the workers (FSDP2) instead "
+        "of a full copy on each (DDP); checkpoints stay whole either way",
+    )
     checkpoint_dir: str = ".arvid/checkpoints/generator"
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -162,4 +167,9 @@ class PretrainConfig(StrictModel):
                     f"stages[{index}] ({stage.name}): batch_size={stage.batch_size} does not split "
                     f"over num_workers={self.num_workers}; use a multiple of {self.num_workers}"
                 )
+        if self.fsdp and self.loss_chunk_rows is not None:
+            raise ValueError(
+                "fsdp with loss_chunk_rows: the chunked loss reads the output head's whole "
+                "weight, which FSDP shards — use one of them"
+            )
         return self

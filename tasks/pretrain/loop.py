@@ -31,6 +31,7 @@ from tasks import storage
 from tasks.pretrain.batch_plan import BatchPlan
 from tasks.pretrain.checkpoints import StageCheckpoints
 from tasks.pretrain.config import StageConfig
+from tasks.pretrain.sharding import full_state, load_full_optimizer_state, scalar, shard_model
 from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
 from tasks.train.budget import TimeBudget, schedule_progress
@@ -55,6 +56,7 @@ class TrainOptions:
     compile_blocks: bool = False  # torch.compile each transformer block
     activation_checkpointing: bool = False  # recompute block activations in backward
     loss_chunk_rows: int | None = None  # cross-entropy this many rows at a time (chunked_loss.py)
+    fsdp: bool = False  # FSDP2 instead of DDP when distributed (sharding.py)
     flops_per_token: float | None = None  # with a peak: tokens/s -> MFU in the step metrics
     peak_flops: float | None = None
 
@@ -213,27 +215,32 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     model = StageModel(spec)
     module = model.module
     checkpoints = StageCheckpoints(spec.run_dir, keep=options.keep_checkpoints)
-    optimizer = torch.optim.AdamW(
-        module.parameters(),
-        lr=spec.stage.lr,
-        weight_decay=spec.stage.weight_decay,
-        fused=worker.device.type == "cuda",
-    )
-    start = 0
+    fsdp = options.fsdp and worker.distributed
+    start, optimizer_state = 0, None
     latest = checkpoints.latest()
     if latest is not None:
-        start = checkpoints.restore(latest, module, optimizer)
+        start, weights, optimizer_state = checkpoints.read(latest)
+        module.load_state_dict(weights)
         log.info("rank %d: resuming %s at step %d", worker.rank, spec.stage.name, start)
     elif spec.init_from is not None:
         inherited = StageCheckpoints.load_weights(spec.init_from)
         module.load_state_dict(inherited)  # positions are coordinates: any grid loads
         log.info("rank %d: %s starts from %s", worker.rank, spec.stage.name, spec.init_from)
     module.to(worker.device)
-    for state in optimizer.state.values():  # restored on the CPU: follow the parameters
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(worker.device)
-    wrapped = worker.wrap(module)
+    if fsdp:  # before the optimizer: it must hold the sharded parameters
+        shard_model(module, model.generator)
+    optimizer = torch.optim.AdamW(
+        module.parameters(),
+        lr=spec.stage.lr,
+        weight_decay=spec.stage.weight_decay,
+        fused=worker.device.type == "cuda",
+    )
+    if optimizer_state is not None:
+        if fsdp:
+            load_full_optimizer_state(module, optimizer, optimizer_state)
+        else:  # load_state_dict moves the state to each parameter's device
+            optimizer.load_state_dict(optimizer_state)
+    wrapped = module if fsdp else worker.wrap(module)
     total = spec.stage.total_steps(spec.train.tokens_per_clip)
     plan = BatchPlan(len(spec.train), spec.stage.batch_size, worker.world_size, spec.seed)
     autocast = torch.autocast(
@@ -259,7 +266,7 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = spec.stage.grad_clip if spec.stage.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
         optimizer.step()
         window_loss += float(loss.detach())
         window_steps += 1
@@ -289,9 +296,10 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
             val_bits = _validate_all(model, spec, worker)
             worker.publish(MetricsEvent(step=done, metrics={"val_bits_per_token": val_bits}))
         if done % options.checkpoint_every == 0 or last:
+            whole = full_state(module, optimizer) if fsdp else None  # a collective: every rank
             if worker.rank == 0:
                 checkpoints.save(
-                    done, module, optimizer, {"stage": spec.stage.name, "total": total}
+                    done, module, optimizer, {"stage": spec.stage.name, "total": total}, whole
                 )
             if worker.distributed:  # the others wait: nobody runs ahead of a checkpoint
                 torch.distributed.barrier()

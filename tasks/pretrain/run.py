@@ -397,6 +397,7 @@ def _run_stage(
             compile_blocks=pretrain_config.compile_blocks,
             activation_checkpointing=pretrain_config.activation_checkpointing,
             loss_chunk_rows=pretrain_config.loss_chunk_rows,
+            fsdp=pretrain_config.fsdp,
             # MFU only means something against a GPU's peak; the CPU reports tokens/s alone.
             peak_flops=H200_BF16_PEAK_FLOPS if pretrain_config.use_gpu else None,
         ),
