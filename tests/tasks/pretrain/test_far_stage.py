@@ -95,3 +95,23 @@ def test_far_stages_are_checked_against_the_tokenizer_latent_before_any_work():
     mixed = [base, {**base, "name": "t", "schedule": "next_scale"}]
     with pytest.raises(ValueError, match=r"\['s'\] are far stages"):
         check_stages(PretrainConfig(stages=mixed), tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_far_stage_trains_with_ddp_on_two_ray_workers(tmp_path):
+    from tasks.pretrain.driver import fit_stage
+    from tasks.ray_runtime import RayConfig
+    from tasks.train.events import ignore_event
+    from tasks.train.ray_driver import WorkerGroup
+
+    tokens = write_token_dataset(tmp_path / "t", [(3, 4, 4)], 16, levels=LEVELS)
+    stage = StageConfig(name="ddp", resolution=32, frames=9, schedule="far", steps=3, batch_size=4)
+    # No compressed frame in a 3-frame clip: that path still gets a (zero) gradient for DDP.
+    far = FARConfig(latent_dim=len(LEVELS), latent_hw=(4, 4), long_patch=2)
+    result = fit_stage(
+        _spec(tmp_path, tokens, stage, far), WorkerGroup(num_workers=2), RayConfig(num_cpus=2),
+        ignore_event,
+    )  # fmt: skip
+    assert result.steps == 3 and result.val_bits is not None
+    assert isinstance(load_generator_from_dir(result.final_checkpoint), FAR)
