@@ -115,3 +115,61 @@ def test_a_far_stage_trains_with_ddp_on_two_ray_workers(tmp_path):
     )  # fmt: skip
     assert result.steps == 3 and result.val_bits is not None
     assert isinstance(load_generator_from_dir(result.final_checkpoint), FAR)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_the_pretrain_flow_tokenizes_latents_trains_far_and_registers_it(tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.pretrain.generator_registry import load_generator
+    from tasks.pretrain.run import pretrain
+    from tasks.promote.metrics import read_version_metrics
+    from tasks.registry import GENERATOR_MODEL
+    from tasks.settings import ArvidConfig
+    from tasks.tracking import TrackingConfig
+    from tests.tasks.tokenize.support import make_dataset, register_tokenizer, tiny_tokenizer
+
+    tracking = TrackingConfig(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="arvid-far-test",
+        artifact_location=str(tmp_path / "mlartifacts"),
+    )
+    tokenizer = tiny_tokenizer(scales=[1, 2, 4])
+    register_tokenizer(tracking, tmp_path / "tokenizer", tokenizer)
+    dataset = make_dataset(tmp_path, count=4, inputs_per_shard=2)
+    stage = {"name": "far", "resolution": 32, "frames": 9, "schedule": "far", "steps": 2,
+             "batch_size": 2, "far": {"short_window": 2, "long_patch": 2}}  # fmt: skip
+    config = ArvidConfig.model_validate(
+        {
+            "tracking": tracking.model_dump(),
+            "ingest": {"source": "unused", "output_root": "unused"},
+            "tokenize": {
+                "tokens_root": str(tmp_path / "tokens"),
+                "batch_size": 2,
+                "num_actors": 1,
+                "progress": False,
+            },  # fmt: skip
+            "pretrain": {
+                "dataset": dataset.dataset_root,
+                "model": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+                "stages": [stage],
+                "checkpoint_dir": str(tmp_path / "checkpoints"),
+                "register_alias": "candidate",
+            },
+        }
+    )
+    summary = pretrain(config)
+
+    last = summary.stages[-1]
+    assert last.tokens_uri.endswith("32x9+latent") and last.val_bits is not None
+    assert "flow MSE" in summary.line()
+    model = load_generator(f"models:/{GENERATOR_MODEL}@candidate")
+    assert isinstance(model, FAR)
+    assert model.config.latent_hw == (4, 4) and model.config.short_window == 2
+    assert model.config.latent_dim == tokenizer.latent_dim
+    assert model.generator.config.vocab_size == 1  # no token vocabulary to carry
+    # A flow-matching error is no bits/token: promotion's bits gate does not read it.
+    assert "val_bits_per_token" not in read_version_metrics(GENERATOR_MODEL, summary.model_version)
+    run = MlflowClient().get_run(summary.run_id)
+    assert "final/val_flow_mse" in run.data.metrics
