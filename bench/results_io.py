@@ -37,11 +37,13 @@ def write_results(
     goals: list[dict[str, Any]],
     device: str | None = None,
     suffix: str | None = None,
-    out: Path | None = None,
+    path: Path | None = None,
 ) -> Path:
-    """Write bench/results/<bench>[.<suffix>].json (or ``out``, for a smoke run) and return its
-    path."""
-    path = out or RESULTS_DIR / (f"{bench}.{suffix}.json" if suffix else f"{bench}.json")
+    """Write bench/results/<bench>[.<suffix>].json (or `path`, e.g. for a smoke run) and return
+    its path."""
+    if path is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / (f"{bench}.{suffix}.json" if suffix else f"{bench}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": bench,

@@ -30,7 +30,7 @@ def _tiny_generator() -> GeneratorConfig:
 class StageConfig(StrictModel):
     """One stage: a clip shape, a generation schedule, a budget and its optimisation."""
 
-    name: str = Field(description="folder-safe name, unique in the run (e.g. 32px-9f)")
+    name: str = Field(description="folder-safe name, unique in the run (e.g. 64px-9f)")
     resolution: int = Field(ge=8, description="square side in pixels the clips are tokenized at")
     frames: int = Field(ge=1, description="frames per clip (1 + temporal_factor·n)")
     schedule: ScheduleName = "ntp"
@@ -39,6 +39,15 @@ class StageConfig(StrictModel):
     steps: int | None = Field(None, ge=1, description="optimizer steps; or give token_budget")
     token_budget: int | None = Field(
         None, ge=1, description="target tokens to train on; steps = ceil(budget / tokens per step)"
+    )
+    # Excluded from dumps: how long a stage may run is not what it learns, so it stays out of
+    # the run key (and a stage stopped by it resumes with a fresh budget when run again).
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="wall-time cap of the stage's training loop; it ends at its steps or here, "
+        "whichever comes first, with the lr schedule over whichever binds first",
     )
     batch_size: int = Field(8, ge=1, description="clips per step across all workers")
     lr: float = Field(1e-3, gt=0)

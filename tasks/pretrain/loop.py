@@ -34,6 +34,7 @@ from tasks.pretrain.checkpoints import StageCheckpoints
 from tasks.pretrain.config import StageConfig
 from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
+from tasks.train.budget import TimeBudget, schedule_progress
 from tasks.train.events import MetricsEvent
 from tasks.train.worker import WorkerContext
 
@@ -89,13 +90,16 @@ class StageResult:
     seconds: float
 
 
-def learning_rate(stage: StageConfig, step: int, total: int) -> float:
-    """lr at `step` of `total`: linear warm-up, then cosine, linear or constant to min_lr_ratio."""
+def learning_rate(stage: StageConfig, step: int, total: int, time_fraction: float = 0.0) -> float:
+    """lr at `step` of `total`: linear warm-up, then cosine, linear or constant to min_lr_ratio
+    over whichever binds first, the steps or the stage's time budget (`time_fraction` spent)."""
     if stage.warmup_steps and step < stage.warmup_steps:
         return stage.lr * (step + 1) / stage.warmup_steps
     if stage.decay == "constant" or total <= stage.warmup_steps:
         return stage.lr
-    progress = min(1.0, (step - stage.warmup_steps) / max(1, total - stage.warmup_steps))
+    progress = schedule_progress(
+        step - stage.warmup_steps, total - stage.warmup_steps, time_fraction
+    )
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if stage.decay == "cosine" else 1 - progress
     return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * shape)
 
@@ -264,11 +268,14 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
     started, last_bits, grad_norm = time.perf_counter(), float("nan"), 0.0
     val_bits: float | None = None
+    # max_minutes: this call's wall time (a resumed stage gets a fresh budget for the rest).
+    budget = TimeBudget.of_minutes(spec.stage.max_minutes)
+    time_fraction, final = budget.fraction(worker), start
     module.train()
     for step in range(start, total):
         torch.manual_seed(step_seed(spec.seed, step, worker.rank))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec.stage, step, total)
+            group["lr"] = learning_rate(spec.stage, step, total, time_fraction)
         batch = model.batch(spec.train, plan.worker_batch(step, worker.rank), worker.device)
         with autocast:
             loss = model.loss(wrapped, batch, perturb=True)
@@ -279,8 +286,10 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         optimizer.step()
         window_loss += float(loss.detach())
         window_steps += 1
-        done = step + 1
-        if done % options.log_every == 0 or done == total:
+        done = final = step + 1
+        time_fraction = budget.fraction(worker)
+        last = done == total or time_fraction >= 1.0
+        if done % options.log_every == 0 or last:
             seconds = time.perf_counter() - window_started
             last_bits = model.to_metric(worker.mean({"nats": window_loss / window_steps})["nats"])
             tokens_per_s = tokens_per_step * window_steps / max(seconds, 1e-9)
@@ -297,28 +306,31 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         if (
             spec.val is not None
             and options.val_every
-            and done % options.val_every == 0 < total - done
+            and done % options.val_every == 0
+            and not last
         ):
             val_bits = _validate_all(model, spec, worker)
             worker.publish(MetricsEvent(step=done, metrics={f"val_{model.metric}": val_bits}))
-        if done % options.checkpoint_every == 0 or done == total:
+        if done % options.checkpoint_every == 0 or last:
             if worker.rank == 0:
                 checkpoints.save(
                     done, module, optimizer, {"stage": spec.stage.name, "total": total}
                 )
             if worker.distributed:  # the others wait: nobody runs ahead of a checkpoint
                 torch.distributed.barrier()
+        if last:
+            break
     seconds = time.perf_counter() - started
     if spec.val is not None:
         val_bits = _validate_all(model, spec, worker)
-        worker.publish(MetricsEvent(step=total, metrics={f"val_{model.metric}": val_bits}))
+        worker.publish(MetricsEvent(step=final, metrics={f"val_{model.metric}": val_bits}))
     if worker.rank != 0:
         return None
-    trained = total - start
+    trained = final - start
     return StageResult(
-        steps=total,
+        steps=final,
         resumed_from_step=start,
-        final_checkpoint=checkpoints.uri(total),
+        final_checkpoint=checkpoints.uri(final),
         train_bits=last_bits,
         val_bits=val_bits,
         tokens_per_s=tokens_per_step * trained / seconds if trained and seconds > 0 else 0.0,

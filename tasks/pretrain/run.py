@@ -26,9 +26,10 @@ from pydantic import BaseModel
 from models.tokenizer import TokenizerConfig
 from tasks import registry, storage, tracking
 from tasks.config import config_hash
-from tasks.data.datasets import resolve_dataset
+from tasks.data.datasets import DatasetRef, resolve_dataset
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.pretrain.driver import fit_stage
+from tasks.pretrain.lineage import GeneratorLineage
 from tasks.pretrain.loop import (
     StageResult,
     StageSpec,
@@ -84,6 +85,7 @@ class PretrainSummary(BaseModel):
     registered_model: str
     model_version: str
     alias: str | None
+    registered_before: bool = False  # a re-run of the same training reuses its version
 
     def reference(self) -> str:
         """The registry reference to load the result with (the version, unless an alias was set)."""
@@ -101,8 +103,10 @@ class PretrainSummary(BaseModel):
         )
         unit = "flow MSE" if last.schedule == "far" else "bits/token"
         val = f", held-out {last.val_bits:.3f} {unit}" if last.val_bits is not None else ""
+        before = " (registered before)" if self.registered_before else ""
         return (
             f"pretrain {self.dataset}@{self.dataset_version}: {stages}{val} -> {self.reference()}"
+            f"{before}"
             f" (MLflow run {self.run_id})"
         )
 
@@ -172,9 +176,10 @@ def run_key(
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def _tokens_for(
+def stage_tokenize_config(
     config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
-) -> TokenizeSummary:
+) -> ArvidConfig:
+    """`config` with its tokenize section set to what `stage` trains on."""
     tokenize = config.tokenize.model_copy(
         update={
             "dataset": dataset,
@@ -184,7 +189,13 @@ def _tokens_for(
             "latents": stage.needs_latents,
         }
     )
-    return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
+    return config.model_copy(update={"tokenize": tokenize})
+
+
+def _tokens_for(
+    config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
+) -> TokenizeSummary:
+    return tokenize_dataset(stage_tokenize_config(config, stage, dataset, tokenizer))
 
 
 def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
@@ -224,12 +235,50 @@ def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
     return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
 
 
+def generator_lineage(
+    pretrain_config: PretrainConfig,
+    dataset: DatasetRef,
+    tokenizer: TokenizerRecord,
+    key: str,
+    last: StageSummary,
+) -> GeneratorLineage:
+    """What the registered generator was trained on, for evaluation to find again."""
+    stage = pretrain_config.stages[-1]
+    return GeneratorLineage(
+        dataset_uri=dataset.root,
+        dataset_version=dataset.version,
+        tokenizer=tokenizer.pinned,
+        tokens_uri=last.tokens_uri,
+        tokens_version=last.tokens_version,
+        val_shards=pretrain_config.val_shards,
+        resolution=stage.resolution,
+        frames=stage.frames,
+        schedule=stage.schedule,
+        schedule_config=None
+        if stage.schedule in ("next_scale", "far")
+        else stage.schedule_config(),
+        run_key=key,
+    )
+
+
 def _finished(run_dir: str, total: int) -> StageResult | None:
     uri = storage.join(run_dir, RESULT_FILE)
     if not storage.exists(uri):
         return None
     result = StageResult(**json.loads(storage.read_text(uri)))
     return result if result.steps == total else None
+
+
+def trained_version(config: ArvidConfig) -> str | None:
+    """The generator version this exact training (data, tokenizer, model, stages) registered
+    before, or None — what lets a pipeline skip pretraining without starting anything."""
+    storage.configure_storage(config.storage)
+    tracking.setup_tracking(config.tracking)
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
+    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
+        record, _ = resolve_tokenizer(config.pretrain.tokenizer, Path(tmp) / "model")
+    key = run_key(config.pretrain, dataset.version, record, class_names(dataset.rows))
+    return registry.find_version(registry.GENERATOR_MODEL, {"arvid.run_key": key})
 
 
 def pretrain(config: ArvidConfig) -> PretrainSummary:
@@ -300,13 +349,35 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         run_id = parent.info.run_id
     lineage = {
         **{k: v for k, v in tags.items() if k != "arvid.step"},
-        "arvid.tokens_version": last.tokens_version,
         "arvid.git_commit": tracking.git_commit(),
-        "arvid.schedule": last.schedule,
+        **generator_lineage(pretrain_config, dataset, record, key, last).as_tags(),
     }
-    version = registry.register(
-        model_uri, registry.GENERATOR_MODEL, run_id, lineage, pretrain_config.register_alias
+    # The same training (run key) over the same checkpoint registers once: a re-run reuses it.
+    version = registry.find_version(
+        registry.GENERATOR_MODEL,
+        {"arvid.run_key": key, "arvid.checkpoint": last.checkpoint},
     )
+    registered_before = version is not None
+    if version is None:
+        version = registry.register(
+            model_uri,
+            registry.GENERATOR_MODEL,
+            run_id,
+            {**lineage, "arvid.checkpoint": last.checkpoint},
+            pretrain_config.register_alias,
+        )
+    else:
+        log.info(
+            "generator %s v%s holds this training already: not registered again",
+            registry.GENERATOR_MODEL,
+            version,
+        )
+        if pretrain_config.register_alias:
+            from mlflow import MlflowClient
+
+            MlflowClient().set_registered_model_alias(
+                registry.GENERATOR_MODEL, pretrain_config.register_alias, version
+            )
     if last.val_bits is not None and last.schedule != "far":  # promotion's gates read it here
         set_version_metrics(
             registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}
@@ -323,6 +394,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         registered_model=registry.GENERATOR_MODEL,
         model_version=version,
         alias=pretrain_config.register_alias,
+        registered_before=registered_before,
     )
 
 

@@ -192,3 +192,19 @@ def test_compiled_blocks_train_like_eager_ones(tmp_path):
     a, b = _weights(eager), _weights(compiled)
     assert a.keys() == b.keys()  # in-place compile keeps the state-dict names
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+
+
+def test_a_stage_with_a_time_budget_stops_early_with_a_final_checkpoint(tmp_path):
+    tokens = write_token_dataset(tmp_path / "tokens", [(3, 4, 4)], VOCAB)
+    stage = StageConfig(name="s1", resolution=32, frames=9, schedule="nbp", block=(1, 1, 4),
+                        steps=100_000, batch_size=4, lr=3e-3, max_minutes=0.01)  # fmt: skip
+    events: list[MetricsEvent] = []
+    worker = dataclasses.replace(WorkerContext(), publish=events.append)
+    result = run_stage(_spec(tmp_path, tokens, stage, "budget", checkpoint_every=10**6), worker)
+    assert 1 <= result.steps < 100_000 and result.seconds >= 0.6
+    assert result.final_checkpoint.endswith(f"step-{result.steps:08d}")
+    assert load_file(f"{result.final_checkpoint}/model.safetensors")
+    # The lr reached the floor with the budget, not with the (far) step limit.
+    last_lr = [e.metrics["lr"] for e in events if "lr" in e.metrics][-1]
+    assert last_lr < 3e-3 * 0.2
+    assert "max_minutes" not in stage.model_dump()  # not part of what the run key hashes
