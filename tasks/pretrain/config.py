@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from models.generator.config import (
     ErrorCorrectionConfig,
+    FARConfig,
     FrameMaskConfig,
     GeneratorConfig,
     LongContextConfig,
@@ -17,7 +18,7 @@ from models.generator.config import (
 )
 from tasks.config import StrictModel
 
-ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale"]
+ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale", "far"]
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -59,6 +60,8 @@ class StageConfig(StrictModel):
     error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
     frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
     long_context: LongContextConfig = Field(default_factory=LongContextConfig)
+    # FAR's switches (far only); latent_dim and latent_hw are taken from the tokenizer.
+    far: FARConfig = Field(default_factory=FARConfig)
 
     @field_validator("name")
     @classmethod
@@ -86,12 +89,20 @@ class StageConfig(StrictModel):
                     f"stage {self.name!r}: {', '.join(used)} are VideoAR switches; they need "
                     f"schedule next_scale, not {self.schedule}"
                 )
+        if self.schedule != "far" and "far" in self.model_fields_set:
+            raise ValueError(
+                f"stage {self.name!r}: far holds FAR's switches; they need schedule far, not "
+                f"{self.schedule}"
+            )
         return self
 
     @property
     def needs_latents(self) -> bool:
-        """True when training re-quantizes from the tokenizer's continuous latents (Infinity-style
-        error correction), so its tokens must be stored with them."""
+        """True when training reads the tokenizer's continuous latents (FAR trains on them;
+        Infinity-style error correction re-quantizes from them), so its tokens must be stored
+        with them."""
+        if self.schedule == "far":
+            return True
         correction = self.error_correction
         return (
             self.schedule == "next_scale" and correction.enabled and correction.mode == "infinity"
@@ -99,8 +110,10 @@ class StageConfig(StrictModel):
 
     def schedule_config(self) -> ScheduleConfig:
         """The token schedule of a single-scale stage."""
-        if self.schedule == "next_scale":
-            raise ValueError(f"stage {self.name!r}: next_scale is built by VideoAR, not a schedule")
+        if self.schedule in ("next_scale", "far"):
+            raise ValueError(
+                f"stage {self.name!r}: {self.schedule} is built by its own model, not a schedule"
+            )
         return ScheduleConfig(name=self.schedule, block=self.block, regions=self.regions)
 
     def total_steps(self, tokens_per_clip: int) -> int:

@@ -28,7 +28,7 @@ class GeneratorLineage(BaseModel):
     resolution: int
     frames: int
     schedule: str
-    schedule_config: ScheduleConfig | None  # None for next_scale (VideoAR builds its own)
+    schedule_config: ScheduleConfig | None  # None for next_scale and far (built by their models)
     run_key: str  # names the pretraining run's checkpoints: same key, same training
 
     def as_tags(self) -> dict[str, str]:

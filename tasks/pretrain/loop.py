@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.generator.chunked_loss import chunked_cross_entropy
-from models.generator.config import GeneratorConfig, VideoARConfig
+from models.generator.config import FARConfig, GeneratorConfig, VideoARConfig
+from models.generator.far import FAR
 from models.generator.persist import build_generator, unwrap_generator
 from models.generator.schedules import Schedule, build_schedule
 from models.generator.transformer import Generator
@@ -75,6 +76,7 @@ class StageSpec:
     seed: int
     options: TrainOptions
     storage: StorageSettings
+    far: FARConfig | None = None  # the latent layout and switches of far stages
 
 
 @dataclass
@@ -84,7 +86,7 @@ class StageResult:
     steps: int
     resumed_from_step: int
     final_checkpoint: str
-    train_bits: float
+    train_bits: float  # the stage's loss metric: bits/token, or the flow-matching MSE for far
     val_bits: float | None
     tokens_per_s: float
     seconds: float
@@ -132,7 +134,7 @@ class StageModel:
                     "long_context": spec.stage.long_context,
                 }
             )
-        self.module = build_generator(spec.model, videoar)
+        self.module = build_generator(spec.model, videoar, spec.far)
         generator, _ = unwrap_generator(self.module)
         self.generator: Generator = generator
         generator.checkpoint_blocks = spec.options.activation_checkpointing
@@ -140,13 +142,28 @@ class StageModel:
             for block in generator.blocks:
                 block.compile()
         self.schedule: Schedule | None = None
-        if spec.videoar is None:
+        if spec.videoar is None and spec.far is None:
             t, h, w = spec.train.scales[0].shape[1:]
             self.schedule = build_schedule(spec.stage.schedule_config(), (t, h, w))
             self.schedule.check_learned_inputs(spec.model.max_learned_inputs)
 
+    @property
+    def metric(self) -> str:
+        """What the loss is reported as: FAR's flow-matching error is no cross-entropy."""
+        return "flow_mse" if isinstance(self.module, FAR) else "bits_per_token"
+
+    def to_metric(self, loss: float) -> float:
+        """A mean loss (nats, or FAR's squared error) in the unit of ``metric``."""
+        return loss if isinstance(self.module, FAR) else loss / math.log(2.0)
+
     def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> Batch:
         """The given clip numbers as tensors on `device`."""
+        if self.spec.far is not None and clips.continuous is None:
+            raise ValueError(
+                f"stage {self.spec.stage.name!r}: schedule far trains on the tokenizer's "
+                "continuous latents, but these token shards hold none — tokenize with "
+                "tokenize.latents=true (the pretrain flow asks for it on far stages)"
+            )
         continuous = None
         if clips.continuous is not None:
             continuous = torch.from_numpy(clips.continuous[rows]).to(device)
@@ -158,6 +175,8 @@ class StageModel:
 
     def loss(self, wrapped: nn.Module, batch: Batch, perturb: bool) -> torch.Tensor:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
+        if isinstance(self.module, FAR):  # flow matching: the mean squared velocity error
+            return wrapped(batch.continuous, batch.labels, clean_context=perturb)
         chunk_rows = self.spec.options.loss_chunk_rows
         hidden = chunk_rows is not None  # the head is applied here, a chunk of rows at a time
         if isinstance(self.module, VideoAR):
@@ -182,20 +201,24 @@ class StageModel:
 
 @torch.no_grad()
 def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_size: int) -> float:
-    """Held-out bits per token over every clip of `clips` (eval mode: no dropout, no perturbation)."""
+    """Held-out loss over every clip of `clips` in the unit of ``model.metric`` (eval mode: no
+    dropout, no perturbation)."""
     module = model.module
     was_training = module.training
     module.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, len(clips), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(clips)))
-            nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
-            total += float(nats) * len(rows)
-            count += len(rows)
+        # FAR's loss draws noise and time steps: the same draws at every validation, every rank.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for start in range(0, len(clips), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(clips)))
+                nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
+                total += float(nats) * len(rows)
+                count += len(rows)
     finally:
         module.train(was_training)
-    return total / count / math.log(2.0)
+    return model.to_metric(total / count)
 
 
 def _validate_all(model: StageModel, spec: StageSpec, worker: WorkerContext) -> float:
@@ -275,10 +298,10 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         last = done == total or time_fraction >= 1.0
         if done % options.log_every == 0 or last:
             seconds = time.perf_counter() - window_started
-            last_bits = worker.mean({"nats": window_loss / window_steps})["nats"] / math.log(2.0)
+            last_bits = model.to_metric(worker.mean({"nats": window_loss / window_steps})["nats"])
             tokens_per_s = tokens_per_step * window_steps / max(seconds, 1e-9)
             metrics = {
-                "loss_bits_per_token": last_bits,
+                f"loss_{model.metric}": last_bits,
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens_per_s,
@@ -294,7 +317,7 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
             and not last
         ):
             val_bits = _validate_all(model, spec, worker)
-            worker.publish(MetricsEvent(step=done, metrics={"val_bits_per_token": val_bits}))
+            worker.publish(MetricsEvent(step=done, metrics={f"val_{model.metric}": val_bits}))
         if done % options.checkpoint_every == 0 or last:
             whole = full_state(module, optimizer) if fsdp else None  # a collective: every rank
             if worker.rank == 0:
@@ -308,7 +331,7 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     seconds = time.perf_counter() - started
     if spec.val is not None:
         val_bits = _validate_all(model, spec, worker)
-        worker.publish(MetricsEvent(step=final, metrics={"val_bits_per_token": val_bits}))
+        worker.publish(MetricsEvent(step=final, metrics={f"val_{model.metric}": val_bits}))
     if worker.rank != 0:
         return None
     trained = final - start

@@ -101,7 +101,8 @@ class PretrainSummary(BaseModel):
             f"{', done before' if s.skipped else ''})"
             for s in self.stages
         )
-        val = f", held-out {last.val_bits:.3f} bits/token" if last.val_bits is not None else ""
+        unit = "flow MSE" if last.schedule == "far" else "bits/token"
+        val = f", held-out {last.val_bits:.3f} {unit}" if last.val_bits is not None else ""
         before = " (registered before)" if self.registered_before else ""
         return (
             f"pretrain {self.dataset}@{self.dataset_version}: {stages}{val} -> {self.reference()}"
@@ -119,12 +120,25 @@ def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
     """Refuse, before any work, stages the tokenizer cannot serve; errors name stage and field."""
     from models.generator.schedules import build_schedule
 
+    far_stages = [stage.name for stage in pretrain.stages if stage.schedule == "far"]
+    if far_stages and len(far_stages) != len(pretrain.stages):
+        raise ValueError(
+            f"pretrain.stages: {far_stages} are far stages and the others are not; a FAR model "
+            "(continuous latents, a flow head) cannot start from a token model: make every "
+            "stage far, or run FAR as its own pretraining"
+        )
     for index, stage in enumerate(pretrain.stages):
         where = f"pretrain.stages[{index}] ({stage.name})"
         try:
             tokenizer.check_clip_shape(stage.frames, stage.resolution, stage.resolution)
         except ValueError as exc:
             raise ValueError(f"{where}: resolution/frames: {exc}") from exc
+        if stage.schedule == "far":  # continuous latents: any tokenizer has them
+            try:
+                far_config(tokenizer, stage)
+            except ValueError as exc:
+                raise ValueError(f"{where}: far: {exc}") from exc
+            continue
         if stage.schedule == "next_scale" and tokenizer.scales is None:
             raise ValueError(
                 f"{where}: schedule next_scale needs a multi-scale tokenizer; this one is "
@@ -141,6 +155,11 @@ def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
                 build_schedule(stage.schedule_config(), (t, h, w))
             except ValueError as exc:
                 raise ValueError(f"{where}: block/regions: {exc}") from exc
+
+
+def stages_far(pretrain: PretrainConfig) -> bool:
+    """True when the run trains FAR (check_stages allows no mix of far and token stages)."""
+    return any(stage.schedule == "far" for stage in pretrain.stages)
 
 
 def run_key(
@@ -193,11 +212,26 @@ def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
     )
 
 
+def far_config(tokenizer: TokenizerConfig, stage: StageConfig):
+    """The FAR config of a far stage: its switches on the tokenizer's latent at the stage's grid."""
+    from models.generator.config import FARConfig
+
+    _, h, w = tokenizer.latent_shape(stage.frames, stage.resolution, stage.resolution)
+    return FARConfig.model_validate(
+        {**stage.far.model_dump(), "latent_dim": len(tokenizer.levels), "latent_hw": (h, w)}
+    )
+
+
+def loss_metric(schedule: str) -> str:
+    """The name of a stage's loss metric: FAR's flow-matching error is no cross-entropy."""
+    return "flow_mse" if schedule == "far" else "bits_per_token"
+
+
 def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
     """Training FLOPs per token: 6·N for the weights plus 6·L·T·d for attention."""
     from models.generator.persist import build_generator
 
-    n = sum(p.numel() for p in build_generator(spec.model, spec.videoar).parameters())
+    n = sum(p.numel() for p in build_generator(spec.model, spec.videoar, spec.far).parameters())
     return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
 
 
@@ -220,7 +254,9 @@ def generator_lineage(
         resolution=stage.resolution,
         frames=stage.frames,
         schedule=stage.schedule,
-        schedule_config=None if stage.schedule == "next_scale" else stage.schedule_config(),
+        schedule_config=None
+        if stage.schedule in ("next_scale", "far")
+        else stage.schedule_config(),
         run_key=key,
     )
 
@@ -269,7 +305,8 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
     model_config = GeneratorConfig.model_validate(
         {
             **pretrain_config.model.model_dump(),
-            "vocab_size": math.prod(tokenizer.levels),
+            # FAR reads latents, not ids: a one-row vocabulary keeps the unused head out.
+            "vocab_size": 1 if stages_far(pretrain_config) else math.prod(tokenizer.levels),
             "num_classes": max(1, len(classes)),
         }
     )
@@ -303,7 +340,10 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
             init_from = summary.checkpoint
         last = summaries[-1]
         tracking.log_metrics(
-            {"final/val_bits_per_token": last.val_bits or float("nan"), "stages": len(summaries)}
+            {
+                f"final/val_{loss_metric(last.schedule)}": last.val_bits or float("nan"),
+                "stages": len(summaries),
+            }
         )
         model_uri = _log_model(last.checkpoint)
         run_id = parent.info.run_id
@@ -338,7 +378,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
             MlflowClient().set_registered_model_alias(
                 registry.GENERATOR_MODEL, pretrain_config.register_alias, version
             )
-    if last.val_bits is not None:  # where promotion's gates read it (tasks/promote/metrics.py)
+    if last.val_bits is not None and last.schedule != "far":  # promotion's gates read it here
         set_version_metrics(
             registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}
         )
@@ -376,6 +416,7 @@ def _run_stage(
     train = load_token_clips(token_data, train_shards, classes, null_class)
     val = load_token_clips(token_data, val_shards, classes, null_class) if val_shards else None
     videoar = videoar_config(tokenizer, stage) if stage.schedule == "next_scale" else None
+    far = far_config(tokenizer, stage) if stage.schedule == "far" else None
     run_dir = storage.join(run_root, f"{index:02d}-{stage.name}")
     spec = StageSpec(
         stage=stage,
@@ -402,6 +443,7 @@ def _run_stage(
             peak_flops=H200_BF16_PEAK_FLOPS if pretrain_config.use_gpu else None,
         ),
         storage=config.storage,
+        far=far,
     )
     if pretrain_config.use_gpu:  # MFU needs it; counting builds the whole model once more
         spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
@@ -428,10 +470,11 @@ def _run_stage(
             storage.write_text(storage.join(run_dir, RESULT_FILE), json.dumps(asdict(result)))
         else:
             log.info("stage %s: already trained to step %d, skipped", stage.name, total)
+        metric = loss_metric(stage.schedule)
         tracking.log_metrics(
             {
-                "final/train_bits_per_token": result.train_bits,
-                "final/val_bits_per_token": result.val_bits
+                f"final/train_{metric}": result.train_bits,
+                f"final/val_{metric}": result.val_bits
                 if result.val_bits is not None
                 else float("nan"),
                 "mean_tokens_per_s": result.tokens_per_s,
