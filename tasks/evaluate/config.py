@@ -97,6 +97,7 @@ class EvaluateConfig(StrictModel):
         None, ge=0, description="classifier-free guidance for class-conditional samples (None: off)"
     )
     temperature: float = Field(1.0, gt=0)
+    ode_steps: int = Field(10, ge=1, description="FAR: Euler steps per sampled frame")
     top_k: int | None = Field(None, ge=1)
     batch_size: int = Field(
         8, ge=1, description="videos per work unit (sampled and scored together)"

@@ -73,8 +73,9 @@ class EvaluationSummary(BaseModel):
                 f"frame prediction PSNR {m['prediction_psnr']:.2f} dB (repeat-last-frame "
                 f"{m['repeat_last_frame_psnr']:.2f} dB)"
             )
+        if "val_bits_per_token" in m:
+            parts.append(f"held-out {m['val_bits_per_token']:.3f} bits/token")
         parts += [
-            f"held-out {m['val_bits_per_token']:.3f} bits/token",
             f"tokenizer PSNR {m['tokenizer_psnr']:.2f} dB",
             f"{m['seconds_per_video']:.2f} s/video in {int(m['sampling_steps'])} steps",
         ]
@@ -158,8 +159,16 @@ def plan_units(target: EvalTarget, ec: EvaluateConfig) -> EvalPlan:
             f"evaluate.context_frames={ec.context_frames}: the model's clips have {t} latent "
             "frames, so nothing would be left to predict — lower it"
         )
+    continuous = lineage.schedule == "far"  # FAR predicts latents: no tokens, no bits/token
+    if continuous and val.continuous is None:
+        raise ValueError(
+            f"{lineage.tokens_uri}: a FAR model predicts continuous latents, and these token "
+            "shards carry none — they were not tokenized with tokenize.latents"
+        )
     units: list[EvalUnit] = []
     for i, rows in enumerate(batches(list(range(len(val))), ec.batch_size)):
+        if continuous:
+            break
         units.append(
             EvalUnit(
                 name=f"bits-{i:03d}", kind="bits", labels=[int(val.labels[r]) for r in rows],
@@ -175,7 +184,8 @@ def plan_units(target: EvalTarget, ec: EvaluateConfig) -> EvalPlan:
                     name=f"pred-{i:03d}", kind="pred", clips=clips,
                     labels=[int(val.labels[r]) for r in rows],
                     seed=protocol.generated_seed * 1_000_003 + 500_000 + i,
-                    context=[a[rows, : ec.context_frames] for a in val.scales],
+                    context=[val.continuous[rows, :, : ec.context_frames]] if continuous
+                    else [a[rows, : ec.context_frames] for a in val.scales],
                 )
             )  # fmt: skip
     # Samples follow the class mix of the drawn real clips, cycling when there are more.
@@ -198,7 +208,7 @@ def evaluation_digest(target: EvalTarget, ec: EvaluateConfig) -> str:
     decides = ec.model_dump(
         mode="json",
         include={"fvd", "context_frames", "frame_prediction", "cfg_scale", "temperature", "top_k",
-                 "batch_size", "sample_videos"},
+                 "ode_steps", "batch_size", "sample_videos"},
     )  # fmt: skip
     identity = [target.pinned, target.lineage.model_dump(mode="json"), decides, WEIGHTS_SHA256]
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -235,7 +245,7 @@ def _run_units(
             num_cpus=ec.actor_num_cpus, num_gpus=1 if ec.use_gpu else 0, max_restarts=1
         )(EvalWorker)
         i3d_ref = ray.put(checkpoint.read_bytes())
-        sampling = SamplingOptions(ec.cfg_scale, ec.temperature, ec.top_k)
+        sampling = SamplingOptions(ec.cfg_scale, ec.temperature, ec.top_k, ec.ode_steps)
         actors = [
             actor_class.remote(
                 generator_files,

@@ -142,7 +142,7 @@ class EvalWorker:
             self.generator, self.latent_shape, labels, self.sampling,
             self.lineage.schedule_config, unit.seed,
         )  # fmt: skip
-        frames = to_uint8_frames(self.tokenizer.decode_indices(sample.indices))
+        frames = to_uint8_frames(sample.decode(self.tokenizer))
         seconds = time.perf_counter() - started
         return UnitResult(
             name=unit.name,
@@ -162,9 +162,10 @@ class EvalWorker:
             self.generator, self.latent_shape, labels, self.sampling,
             self.lineage.schedule_config, unit.seed, context=context,
         )  # fmt: skip
-        predicted = self.tokenizer.decode_indices(sample.indices).clamp(-1, 1)
+        predicted = sample.decode(self.tokenizer).clamp(-1, 1)
         seconds = time.perf_counter() - started
-        given = context_pixel_frames(context[0].shape[1], self.tokenizer.temporal_factor)
+        context_frames = context[0].shape[2 if sample.latents is not None else 1]
+        given = context_pixel_frames(context_frames, self.tokenizer.temporal_factor)
         future, target = predicted[:, :, given:], real[:, :, given:]
         repeated = real[:, :, given - 1 : given].expand_as(target)
         return UnitResult(

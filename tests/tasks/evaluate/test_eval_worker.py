@@ -74,3 +74,30 @@ def test_held_out_bits_equal_a_full_teacher_forced_forward(worker: EvalWorker):
         )  # fmt: skip
     nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     assert float(np.mean(bits)) == pytest.approx(float(nats) / math.log(2.0), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_far_model_samples_continuous_latents_frame_by_frame(tmp_path, i3d_model):
+    from models.generator.config import FARConfig
+    from models.generator.persist import build_generator
+
+    tokenizer = tiny_tokenizer()
+    save_tokenizer(tokenizer, tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    far = FARConfig(latent_dim=len(tokenizer.config.levels), latent_hw=(2, 2), head_layers=1)
+    config = GeneratorConfig(vocab_size=1, num_classes=2, n_layer=1, n_head=2, n_embd=32)
+    save_generator(build_generator(config, far=far), tmp_path / "generator")
+    lineage = GeneratorLineage(
+        dataset_uri="unused", dataset_version="v", tokenizer="unused", tokens_uri="unused",
+        tokens_version="t", val_shards=1, resolution=16, frames=17, schedule="far",
+        schedule_config=None, run_key="k",
+    )  # fmt: skip
+    worker = EvalWorker(
+        read_model_files(tmp_path / "generator"), read_model_files(tmp_path / "tokenizer"),
+        ensure_i3d_weights().read_bytes(), lineage, FVDProtocol(real_videos=2, generated_videos=2),
+        SamplingOptions(ode_steps=2), StorageSettings(),
+    )  # fmt: skip
+    result = worker.run(EvalUnit(name="gen-000", kind="gen", labels=[0, 1], seed=1, keep_videos=2))
+    assert result.videos.shape == (2, 17, 16, 16, 3)
+    assert result.steps >= 5 * 2  # 5 latent frames, 2 ODE steps each (plus clean writes)
+    assert np.isfinite(result.features).all()
