@@ -218,6 +218,12 @@ class VideoAR(nn.Module):
         return self.quantizer.num_scales
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the generator's weights, which the input embeddings are cast to: the
+        wrapper's own layers may stay float32 when the generator runs in bf16."""
+        return self.generator.head.weight.dtype
+
+    @property
     def tokens_per_frame(self) -> int:
         """Tokens of one frame's pyramid (predicting positions; context positions excluded)."""
         return sum(h * w for h, w in self.shapes)
@@ -308,13 +314,16 @@ class VideoAR(nn.Module):
         parts = [first] + [self._project(x, k + 1) for k, x in enumerate(per_scale)]
         pyramids = torch.cat(parts, dim=2)  # (B, T, tokens_per_frame, C)
         if previous is None or self.config.frame_context != "full":
-            return pyramids.flatten(1, 2)
+            return pyramids.flatten(1, 2).to(self.input_dtype)
         later = torch.cat([self._context(previous), pyramids[:, 1:]], dim=2)  # (B, T-1, ., C)
-        return torch.cat([pyramids[:, 0], later.flatten(1, 2)], dim=1)
+        return torch.cat([pyramids[:, 0], later.flatten(1, 2)], dim=1).to(self.input_dtype)
 
     def group_input(self, indices: Sequence[torch.Tensor], t: int, k: int) -> torch.Tensor:
         """(B, positions of group (t, k), C) inputs from what is known: frames < t, and scales
         < k of frame t. Group (t > 0, 0) leads with its context positions under "full"."""
+        return self._group_input(indices, t, k).to(self.input_dtype)
+
+    def _group_input(self, indices: Sequence[torch.Tensor], t: int, k: int) -> torch.Tensor:
         B = indices[0].shape[0]
         if k == 0:
             if t == 0:
