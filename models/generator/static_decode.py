@@ -125,6 +125,11 @@ class StaticDecoder:
             raise RuntimeError("the model of this StaticDecoder has been freed")
         return model
 
+    @property
+    def group_sizes(self) -> list[int]:
+        """The group sizes whose steps have been built (captured, compiled), ascending."""
+        return sorted({length for length, _, _ in self._steps})
+
     def reset(self) -> KVCache:
         """Empty the cache for a new sampling run; buffers and captured steps are kept."""
         self.cache.reset()
