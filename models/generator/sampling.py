@@ -54,6 +54,9 @@ def sample_logits(
     """(M, V) logits -> (M,) token ids, each position filtered and sampled on its own."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    # A bf16 cumulative sum has 8 bits: over 4,096 equal codes it ties runs of them, and the
+    # draw only ever picks the first of a run (768 of 4,096 codes drawn). Draw in float32.
+    logits = logits.float()
     if temperature != 1:
         logits = logits / temperature
     if top_k is None and top_p is None:
