@@ -29,7 +29,9 @@ from models.generator.transformer import Generator
 DecodeMode = Literal["eager", "static", "graph", "compiled"]
 # eager: the model's forward per group (the default). static: the fixed-shape step, run as is.
 # graph: the fixed-shape step captured in a CUDA graph per group size (CUDA only). compiled: the
-# fixed-shape step through torch.compile, and on CUDA captured as in "graph".
+# fixed-shape step through torch.compile, and on CUDA captured as in "graph". Each group size,
+# batch and cache length compiles once: past torch._dynamo.config.cache_size_limit (8) such
+# shapes in one process, torch falls back to running the step uncompiled.
 DECODE_MODES: tuple[str, ...] = ("eager", "static", "graph", "compiled")
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
