@@ -70,3 +70,26 @@ class KVCache:
     def reset(self) -> None:
         """Forget every position (the buffers are reused)."""
         self.length = 0
+
+
+class RowWrites:
+    """A cache seen by one fixed-shape decoding step: writes land at rows held in a device
+    tensor, and every row comes back (the step's attention mask hides the rows not yet written).
+
+    Nothing here reads a position on the host, so a step that uses it can be captured once (CUDA
+    graph, torch.compile) and replayed at any offset. It offers ``write`` as ``KVCache`` does, so
+    the transformer's attention layers run unchanged on it.
+    """
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor) -> None:
+        self.cache = cache
+        self.rows = rows  # (g,) long: the cache rows this step writes
+
+    def write(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H, g, D) keys/values at ``rows`` (``start`` is unused); return all rows."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]  # (B, H, max_len, D)
+        keys.index_copy_(2, self.rows, k)
+        values.index_copy_(2, self.rows, v)
+        return keys, values

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from models.generator.schedules import Schedule
+from models.generator.static_decode import DECODE_MODES, DecodeMode, StaticDecoder, decoder_for
 from models.generator.transformer import Generator
 
 CfgForm = Literal["classic", "var"]  # classic: u + s(c - u) (PAR, LlamaGen); var: (1 + t)c - t·u
@@ -53,6 +54,9 @@ def sample_logits(
     """(M, V) logits -> (M,) token ids, each position filtered and sampled on its own."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    # A bf16 cumulative sum has 8 bits: over 4,096 equal codes it ties runs of them, and the
+    # draw only ever picks the first of a run (768 of 4,096 codes drawn). Draw in float32.
+    logits = logits.float()
     if temperature != 1:
         logits = logits / temperature
     if top_k is None and top_p is None:
@@ -66,6 +70,21 @@ def sample_logits(
         mass_before = probs.cumsum(dim=-1) - probs  # keeps the first token always
         values = values.masked_fill(mass_before > top_p, float("-inf"))
     return ids.gather(-1, draw(values, generator)[:, None]).squeeze(-1)
+
+
+def check_decode_mode(decode: str) -> None:
+    """Raise on a decode mode the samplers do not know."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODE_MODES)}")
+
+
+def static_decoder(
+    model: Generator, batch_size: int, num_positions: int, decode: DecodeMode
+) -> StaticDecoder | None:
+    """The reusable fixed-shape decoder for ``decode``, or None for eager decoding."""
+    if decode == "eager":
+        return None
+    return decoder_for(model, batch_size, num_positions, decode)
 
 
 @dataclass
@@ -94,6 +113,7 @@ def generate(
     generator: torch.Generator | None = None,
     tokenizer: Any = None,
     return_logits: bool = False,
+    decode: DecodeMode = "eager",
 ) -> SampleResult:
     """Sample (B, T, H, W) token grids group by group; optionally decode them to videos.
 
@@ -103,12 +123,17 @@ def generate(
     context: (B, Tc, H, W) given leading frames (frame prediction); they are prefilled in the
     first forward and never resampled. Tc must end on a group boundary.
     generator: a torch.Generator on the model's device, for reproducible draws.
+    decode: "eager" runs the model's forward per group; "static", "graph" and "compiled" run
+    every group after the first as a fixed-shape step, captured once per group size and
+    replayed (static_decode.py). All give the same tokens for the same seed.
     """
+    check_decode_mode(decode)
     schedule.check_learned_inputs(model.config.max_learned_inputs)
     device = model.head.weight.device
     was_training = model.training
     model.eval()  # label dropout must not touch sampling
     try:
+        starts = schedule.group_start.tolist()  # host-side bounds: no device sync per step
         schedule = schedule.to(device)
         if labels is None:
             if batch_size is None:
@@ -137,10 +162,10 @@ def generate(
             grid[:, : context.shape[1]] = context.to(device)
             known = schedule.positions_before_frame(context.shape[1])
             sequence[:, :known] = schedule.tokens_to_sequence(grid)[:, :known]
-        starts = schedule.group_start.tolist()  # host-side bounds: no device sync per step
         first_group = starts.index(known)
 
-        cache = model.new_cache(labels.shape[0], N)
+        decoder = static_decoder(model, labels.shape[0], N, decode)
+        cache = decoder.reset() if decoder else model.new_cache(labels.shape[0], N)
         logits_out = torch.zeros(B, N, V, device=device) if return_logits else None
         steps = 0
         for g in range(first_group, schedule.num_steps):
@@ -149,15 +174,18 @@ def generate(
             ids = schedule.input_ids(sequence, V, chunk, e)  # (B, e - chunk)
             if guided:
                 ids = torch.cat([ids, ids])  # both halves read the same tokens
-            logits = model(
-                ids,
-                schedule.coords[chunk:e],
-                schedule.group[chunk:e],
-                labels if chunk == 0 else None,
-                cache=cache,
-                start=chunk,
-                logits_from=s - chunk,
-            )  # (B or 2B, e - s, V)
+            if decoder is not None and chunk > 0:
+                logits = decoder.step(ids, schedule.coords[s:e])  # (B or 2B, e - s, V)
+            else:
+                logits = model(
+                    ids,
+                    schedule.coords[chunk:e],
+                    schedule.group[chunk:e],
+                    labels if chunk == 0 else None,
+                    cache=cache,
+                    start=chunk,
+                    logits_from=s - chunk,
+                )  # (B or 2B, e - s, V)
             steps += 1
             if guided:
                 cond, uncond = logits.chunk(2)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -47,8 +48,15 @@ from models.generator.error_correction import (
     corrupt_infinity,
     corrupt_legacy,
 )
-from models.generator.sampling import CfgForm, guide, sample_logits
+from models.generator.sampling import (
+    CfgForm,
+    check_decode_mode,
+    guide,
+    sample_logits,
+    static_decoder,
+)
 from models.generator.schedules import Schedule
+from models.generator.static_decode import DecodeMode
 from models.generator.transformer import Generator
 from models.tokenizer.multiscale import MultiScaleFSQ, area_downsample
 
@@ -210,6 +218,12 @@ class VideoAR(nn.Module):
         return self.quantizer.num_scales
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the generator's weights, which the input embeddings are cast to: the
+        wrapper's own layers may stay float32 when the generator runs in bf16."""
+        return self.generator.head.weight.dtype
+
+    @property
     def tokens_per_frame(self) -> int:
         """Tokens of one frame's pyramid (predicting positions; context positions excluded)."""
         return sum(h * w for h, w in self.shapes)
@@ -300,13 +314,16 @@ class VideoAR(nn.Module):
         parts = [first] + [self._project(x, k + 1) for k, x in enumerate(per_scale)]
         pyramids = torch.cat(parts, dim=2)  # (B, T, tokens_per_frame, C)
         if previous is None or self.config.frame_context != "full":
-            return pyramids.flatten(1, 2)
+            return pyramids.flatten(1, 2).to(self.input_dtype)
         later = torch.cat([self._context(previous), pyramids[:, 1:]], dim=2)  # (B, T-1, ., C)
-        return torch.cat([pyramids[:, 0], later.flatten(1, 2)], dim=1)
+        return torch.cat([pyramids[:, 0], later.flatten(1, 2)], dim=1).to(self.input_dtype)
 
     def group_input(self, indices: Sequence[torch.Tensor], t: int, k: int) -> torch.Tensor:
         """(B, positions of group (t, k), C) inputs from what is known: frames < t, and scales
         < k of frame t. Group (t > 0, 0) leads with its context positions under "full"."""
+        return self._group_input(indices, t, k).to(self.input_dtype)
+
+    def _group_input(self, indices: Sequence[torch.Tensor], t: int, k: int) -> torch.Tensor:
         B = indices[0].shape[0]
         if k == 0:
             if t == 0:
@@ -495,12 +512,16 @@ def generate_videoar(
     generator: torch.Generator | None = None,
     tokenizer: Any = None,
     return_logits: bool = False,
+    decode: DecodeMode = "eager",
 ) -> VideoARSample:
     """Sample T frames scale by scale: T*K forwards over one KV cache (two halves with CFG).
 
     context: per-scale (B, Tc, h_k, w_k) given leading frames, prefilled in the first forward.
     With a long-context window, rows that no later query may see are evicted from the cache.
+    decode: "eager", or a fixed-shape step replayed per scale ("static", "graph", "compiled";
+    see static_decode.py), which gives the same tokens.
     """
+    check_decode_mode(decode)
     net = model.generator
     device = net.head.weight.device
     was_training = model.training
@@ -516,7 +537,14 @@ def generate_videoar(
         scales = cfg_ramp(cfg_scale, K, ramp_cfg) if guided else []
         if guided:
             labels = torch.cat([labels, torch.full_like(labels, net.null_class)])
-        layout = model.layout(num_frames).to(device)
+        host_layout = model.layout(num_frames)
+        # Group bounds as host lists, read once: no scalar read of a tensor per step.
+        starts, context_len = host_layout.group_start.tolist(), host_layout.context_len.tolist()
+        bounds = [
+            (a, a + c, b) for a, c, b in zip(starts[:-1], context_len, starts[1:], strict=True)
+        ]
+        predicting = list(pairwise(host_layout.schedule.group_start.tolist()))
+        layout = host_layout.to(device)
         schedule = layout.schedule
         indices = [
             torch.zeros(B, num_frames, h, w, dtype=torch.long, device=device)
@@ -531,7 +559,9 @@ def generate_videoar(
         window = model.config.long_context.window
         keep_scales = model.config.long_context.keep_scales
         # predicting rows; new_cache adds the class token
-        cache = net.new_cache(labels.shape[0], cache_capacity(model, num_frames, known_frames))
+        capacity = cache_capacity(model, num_frames, known_frames)
+        decoder = static_decoder(net, labels.shape[0], capacity, decode)
+        cache = decoder.reset() if decoder else net.new_cache(labels.shape[0], capacity)
         # (content frame, scale) of each cached row, to know what to evict; class token (-1, -1).
         rows_frame = [-1]
         rows_scale = [-1]
@@ -563,8 +593,8 @@ def generate_videoar(
         for t in range(known_frames, num_frames):
             for k in range(K):
                 g = t * K + k
-                start, first, end = layout.group_bounds(g)  # context rows lead the group
-                s, e = schedule.group_bounds(g)  # the group's predicting positions
+                start, first, end = bounds[g]  # context rows lead the group
+                s, e = predicting[g]  # the group's predicting positions
                 x = model.group_input(indices, t, k)
                 if steps == 0:
                     # The first forward carries the class token and any context frames.
@@ -579,11 +609,14 @@ def generate_videoar(
                     visibility = None
                 if guided:
                     x = torch.cat([x, x])
-                logits = net(
-                    x, layout.coords[chunk_start:end], layout.group[chunk_start:end],
-                    labels if chunk_start == 0 else None, cache=cache, start=chunk_start,
-                    logits_from=first - chunk_start, visibility=visibility,
-                )  # fmt: skip
+                if decoder is not None and chunk_start > 0:
+                    logits = decoder.step(x, layout.coords[start:end], logits_from=first - start)
+                else:
+                    logits = net(
+                        x, layout.coords[chunk_start:end], layout.group[chunk_start:end],
+                        labels if chunk_start == 0 else None, cache=cache, start=chunk_start,
+                        logits_from=first - chunk_start, visibility=visibility,
+                    )  # fmt: skip
                 rows_frame.extend(content_frame[chunk_start:end])
                 rows_scale.extend(scale_of[chunk_start:end])
                 max_len = max(max_len, cache.length)

@@ -136,6 +136,12 @@ def test_plain_sampling_follows_the_softmax_distribution():
     )
 
 
+def test_bf16_logits_can_draw_every_code():
+    uniform = torch.zeros(50_000, 4096, dtype=torch.bfloat16)  # what a bf16 head gives
+    picked = sample_logits(uniform, generator=torch.Generator().manual_seed(0))
+    assert picked.unique().numel() == 4096  # a bf16 cumulative sum reached only 768 of them
+
+
 def test_videos_come_from_the_tokenizer_given():
     class RecordingTokenizer:
         def decode_indices(self, indices):

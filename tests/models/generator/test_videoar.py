@@ -3,6 +3,8 @@ correction (legacy and Infinity-style), masks."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from einops import rearrange
@@ -414,3 +416,29 @@ def test_full_context_forward_agrees_between_flex_block_mask_and_dense_mask() ->
         dense, _ = model(indices, labels, perturb=False, backend="sdpa")
         flex, _ = model(indices, labels, perturb=False, backend="flex")
     torch.testing.assert_close(flex, dense, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("cast", ["generator", "whole"])
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_bf16_videoar_samples_and_its_logits_stay_close_to_float32(cast, decode) -> None:
+    """Inputs follow the weights' dtype: a bf16 generator under a float32 wrapper (or all bf16)."""
+    reference = make_model()
+    with torch.no_grad():
+        for p in reference.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)  # logits of a few units, so a dtype slip shows
+    half = copy.deepcopy(reference)
+    (half.generator if cast == "generator" else half).to(torch.bfloat16)
+    labels = torch.tensor([0, 2])
+    sample = generate_videoar(
+        half, 3, labels, generator=torch.Generator().manual_seed(0), return_logits=True,
+        decode=decode,
+    )  # fmt: skip
+    assert all(int(x.min()) >= 0 and int(x.max()) < 16 for x in sample.indices)
+    with torch.no_grad():
+        exact, _ = reference(sample.indices, labels, perturb=False)
+        forward, _ = half(sample.indices, labels, perturb=False)
+    assert forward.dtype == torch.bfloat16
+    scale = exact.abs().max()
+    assert (forward.float() - exact).abs().max() < 0.03 * scale  # bf16 rounding, ~1.5% here
+    assert (sample.logits - exact).abs().max() < 0.03 * scale
