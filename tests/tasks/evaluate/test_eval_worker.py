@@ -84,7 +84,9 @@ def test_a_far_model_samples_continuous_latents_frame_by_frame(tmp_path, i3d_mod
     tokenizer = tiny_tokenizer()
     save_tokenizer(tokenizer, tmp_path / "tokenizer")
     torch.manual_seed(0)
-    far = FARConfig(latent_dim=len(tokenizer.config.levels), latent_hw=(2, 2), head_layers=1)
+    far = FARConfig(
+        latent_dim=len(tokenizer.config.levels), latent_hw=(2, 2), long_patch=2, head_layers=1
+    )
     config = GeneratorConfig(vocab_size=1, num_classes=2, n_layer=1, n_head=2, n_embd=32)
     save_generator(build_generator(config, far=far), tmp_path / "generator")
     lineage = GeneratorLineage(
