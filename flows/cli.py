@@ -154,6 +154,15 @@ def _demo(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _stack(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from infra.local_stack import StackError, stack_command
+
+    try:
+        return stack_command(args.action, args.dir)
+    except StackError as exc:  # a service that would not start: one clear line, exit 2
+        raise ValueError(str(exc)) from exc
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]]] = {
     "make-dataset": (
         "write the synthetic, class-labelled demo videos (real mp4 files)",
@@ -174,6 +183,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         _promote,
     ),
     "demo": ("run the main job on the embedded default config", _demo),
+    "stack": ("start, stop or check the local service stack (S3, MLflow, Prefect, Ray)", _stack),
 }
 
 
@@ -231,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--rollback", action="store_true", help="move champion back to previous"
             )
+        if name == "stack":
+            cmd.add_argument("action", choices=["up", "down", "status"])
+            cmd.add_argument("--dir", default=".arvid/stack", help="the stack's folder")
         if name == "ingest":
             cmd.add_argument(
                 "--source", help="folder, s3:// prefix, .jsonl/.csv manifest or shard folder"
