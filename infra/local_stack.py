@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from infra.processes import (
     LOOPBACK,
@@ -73,6 +73,13 @@ class StackCredentials(BaseModel):
     s3_secret_key: SecretStr
     db_password: SecretStr
     ray_token: SecretStr
+    # A second S3 identity that may read and list but never write: a read-only output location.
+    s3_reader_access_key: str = Field(
+        default_factory=lambda: "AKREADER" + secrets.token_hex(8).upper()
+    )
+    s3_reader_secret_key: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_hex(32))
+    )
 
     @classmethod
     def generate(cls) -> StackCredentials:
@@ -90,6 +97,7 @@ class StackCredentials(BaseModel):
             self.s3_secret_key.get_secret_value(),
             self.db_password.get_secret_value(),
             self.ray_token.get_secret_value(),
+            self.s3_reader_secret_key.get_secret_value(),
         ]
 
 
@@ -413,7 +421,17 @@ class LocalStack:
                         }
                     ],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [
+                        {
+                            "accessKey": creds.s3_reader_access_key,
+                            "secretKey": creds.s3_reader_secret_key.get_secret_value(),
+                        }
+                    ],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         self._secret_file("s3.json", json.dumps(identities))

@@ -68,13 +68,13 @@ class CleanRun:
     train: dict[str, Any]
     tokenize: dict[str, Any]
     seconds: dict[str, float]
+    outputs: dict[str, str]
 
 
 @pytest.fixture(scope="session")
 def clean_run(local_stack: LocalStack, stack_videos: str) -> CleanRun:
     """Ingest, train a tokenizer and tokenize against the stack once, with nothing broken."""
-    seconds = {}
-    summaries = {}
+    seconds, summaries, outputs = {}, {}, {}
     for name, command, args in (
         ("ingest", "ingest", INGEST),
         ("train", "train-tokenizer", TRAIN),
@@ -84,4 +84,16 @@ def clean_run(local_stack: LocalStack, stack_videos: str) -> CleanRun:
         assert result.returncode == 0 and result.summary, f"{command}:\n{result.output[-4000:]}"
         summaries[name] = result.summary
         seconds[name] = result.seconds
-    return CleanRun(summaries["ingest"], summaries["train"], summaries["tokenize"], seconds)
+        outputs[name] = result.output
+    return CleanRun(
+        summaries["ingest"], summaries["train"], summaries["tokenize"], seconds, outputs
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Keep each test's call report on the item, so a fault record knows if its test passed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]

@@ -64,12 +64,19 @@ def _summary(output: str) -> dict[str, Any] | None:
     return None
 
 
-def run_arvid(stack: LocalStack, command: str, *args: str, timeout: float = 600) -> JobResult:
-    """Run `arvid <command> --config <stack config> --json <args>` to the end."""
+def run_arvid(
+    stack: LocalStack,
+    command: str,
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> JobResult:
+    """Run `arvid <command> --config <stack config> --json <args>` to the end (`env` on top of
+    the stack's)."""
     started = time.monotonic()
     out = subprocess.run(
         _arvid_args(stack, command, *args),
-        env=stack_env(stack),
+        env={**stack_env(stack), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
