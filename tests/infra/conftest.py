@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +14,15 @@ import pytest
 from infra.local_stack import LocalStack
 from tests.infra.stack_support import run_arvid
 
+
+def _report(entry: dict[str, Any]) -> None:
+    """Append a measurement to $ARVID_FAULTS_JSON (bench/faults.py reads it), if set."""
+    path = os.environ.get("ARVID_FAULTS_JSON")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
 VIDEOS = 8  # 4 shards of 2 inputs: faults can land between shards
 
 
@@ -21,7 +32,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     stack = LocalStack.open(tmp_path_factory.mktemp("stack"))
     started = time.monotonic()
     stack.up()
-    stack.up_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    _report({"stack_up_s": round(time.monotonic() - started, 1)})
     try:
         yield stack
     finally:
@@ -85,6 +96,7 @@ def clean_run(local_stack: LocalStack, stack_videos: str) -> CleanRun:
         summaries[name] = result.summary
         seconds[name] = result.seconds
         outputs[name] = result.output
+    _report({"clean_run_s": {name: round(value, 1) for name, value in seconds.items()}})
     return CleanRun(
         summaries["ingest"], summaries["train"], summaries["tokenize"], seconds, outputs
     )
