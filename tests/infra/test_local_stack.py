@@ -7,9 +7,9 @@ import pytest
 
 from infra.local_stack import SERVICES, LocalStack
 from tests.infra.conftest import CleanRun
-from tests.infra.stack_support import nodes_that_ran, read_manifest_rows, s3_keys
+from tests.infra.stack_support import nodes_that_ran, read_manifest_rows, run_arvid, s3_keys
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 def test_every_service_answers_and_ray_has_two_nodes(local_stack: LocalStack) -> None:
@@ -50,3 +50,29 @@ def test_tokenization_spreads_over_both_ray_nodes(
     assert summary["clips_total"] == clean_run.ingest["clips_total"]
     ran = nodes_that_ran(local_stack, ["TokenizerWorker", "decode_batch", "read_shard"])
     assert len(ran) == 2, ran
+
+
+def test_pretraining_registers_a_generator_trained_on_both_ray_nodes(
+    local_stack: LocalStack, clean_run: CleanRun
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    stage = "{name: s32, resolution: 32, frames: 9, schedule: next_scale, steps: 4, batch_size: 4}"
+    result = run_arvid(
+        local_stack,
+        "pretrain",
+        "--workers",
+        "2",
+        "--set",
+        f"pretrain.stages=[{stage}]",
+        "--set",
+        "pretrain.checkpoint_every=2",
+        "--set",
+        "pretrain.log_every=2",
+    )
+    assert result.returncode == 0, result.output[-4000:]
+    client = MlflowClient(tracking_uri=local_stack.endpoints().mlflow)
+    versions = client.search_model_versions("name='arvid-generator'")
+    assert versions and versions[0].tags["arvid.dataset_version"] == clean_run.ingest["version"]
+    # Two Ray Train workers of one CPU each on two one-CPU nodes: one ran on each node.
+    assert len(nodes_that_ran(local_stack, ["RayTrainWorker"])) == 2

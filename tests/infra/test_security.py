@@ -88,6 +88,7 @@ def _text_files(folder: Path) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_stack_credentials_reach_no_log_and_no_mlflow_param(
     local_stack: LocalStack, clean_run: CleanRun
 ) -> None:
@@ -133,6 +134,7 @@ def _listeners(stack: LocalStack) -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_stack_services_listen_on_loopback_only(local_stack: LocalStack) -> None:
     listeners = _listeners(local_stack)
     assert set(listeners) == set(SERVICES), listeners
@@ -145,6 +147,7 @@ def test_stack_services_listen_on_loopback_only(local_stack: LocalStack) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_ray_refuses_a_driver_without_the_stack_token(local_stack: LocalStack) -> None:
     env = {k: v for k, v in stack_env(local_stack).items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(local_stack.root / "no-token-home")  # no ~/.ray/auth_token either
