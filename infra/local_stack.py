@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,11 +277,18 @@ class LocalStack:
         """Stop every service (each whole process group); returns the names that were running."""
         if self.state is None:
             return []
-        stopped = []
-        for name in reversed(SERVICES):
-            if self.state.pids.get(name) and group_alive(self.state.pids[name]):
-                stopped.append(name)
-            self.stop_service(name)
+        pids = dict(self.state.pids)
+        stopped = [
+            name for name in reversed(SERVICES) if pids.get(name) and group_alive(pids[name])
+        ]
+        self.state.pids.clear()
+        self._save_state()
+        # Clients first (the Ray nodes, MLflow, Prefect), together: each may take many seconds
+        # to shut down gracefully; then the stores they wrote to.
+        for wave in (("ray-worker", "ray-head", "mlflow", "prefect"), ("postgres", "s3")):
+            groups = [(pids[n], _STOP_SIGNAL.get(n, signal.SIGTERM)) for n in wave if n in pids]
+            with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
+                list(pool.map(lambda group: stop_group(*group), groups))
         shutil.rmtree(self.state.ray_temp_dir, ignore_errors=True)
         return stopped
 
