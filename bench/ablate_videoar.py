@@ -6,7 +6,11 @@ tokenizer -> `arvid tokenize`), same seed, data order and steps for every varian
 - val bits/token on held-out clips (teacher-forced, no perturbation);
 - drift of free-running generation: bits/token of the real last frame when the frames before it
   are the model's own samples (first frame given) minus the same with the real frames before it.
-Usage: python bench/ablate_videoar.py [--quick] [--tokenizer <ref>] [--variants a,b,...]
+Every variant trains once per seed (--seeds, default 3: the model's initial weights, the data
+order and the perturbation noise all follow the seed); each figure is reported per seed, with the
+mean and the spread (max - min) over seeds, and the goals compare means against that spread.
+Usage: python bench/ablate_videoar.py [--quick] [--tokenizer <folder>] [--variants a,b,...]
+       [--seeds 3] [--steps N] [--layers 2]
 Variants (see VARIANTS): baseline (pooled previous-frame input, no error correction),
 full_context, ec_legacy, ec_infinity (needs token shards that carry the tokenizer's continuous
 latent), frame_mask, both (legacy error correction + frame mask).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +35,7 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
-from bench.results_io import write_results  # noqa: E402
+from bench.results_io import goal, write_results  # noqa: E402
 from models.generator.config import (  # noqa: E402
     ErrorCorrectionConfig,
     FrameMaskConfig,
@@ -61,9 +66,11 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["baseline", "full_context", "ec_legacy", "ec_infinity"]
 
 
-def build_model(tokens_meta: dict, num_classes: int, variant: Variant) -> VideoAR:
+def build_model(
+    tokens_meta: dict, num_classes: int, variant: Variant, seed: int = 0, layers: int = 4
+) -> VideoAR:
     """A tiny VideoAR for the token layout in `tokens_meta` (levels, scales, latent size)."""
-    torch.manual_seed(0)  # every variant starts from the same weights
+    torch.manual_seed(seed)  # every variant of one seed starts from the same weights
     vocab = 1
     for level in tokens_meta["levels"]:
         vocab *= level
@@ -71,7 +78,7 @@ def build_model(tokens_meta: dict, num_classes: int, variant: Variant) -> VideoA
         GeneratorConfig(
             vocab_size=vocab,
             num_classes=num_classes,
-            n_layer=4,
+            n_layer=layers,
             n_head=4,
             n_embd=128,
             label_dropout=0.1,
@@ -102,14 +109,15 @@ def train(
     steps: int,
     batch: int,
     continuous: list[torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> float:
-    """AdamW steps over the training clips in a fixed order; returns seconds."""
+    """AdamW steps over the training clips in a seeded order; returns seconds."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1
     )
-    data_order = torch.Generator().manual_seed(1)
-    noise = torch.Generator().manual_seed(2)
+    data_order = torch.Generator().manual_seed(1 + 1000 * seed)
+    noise = torch.Generator().manual_seed(2 + 1000 * seed)
     model.train()
     started = time.perf_counter()
     for _ in range(steps):
@@ -129,7 +137,7 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: VideoAR, val_set: list[list[torch.Tensor]], labels: torch.Tensor
+    model: VideoAR, val_set: list[list[torch.Tensor]], labels: torch.Tensor, seed: int = 0
 ) -> dict[str, float]:
     """Val bits/token, and drift: last-frame bits/token after own samples minus after real frames."""
     model.eval()
@@ -142,7 +150,7 @@ def evaluate(
         frames - 1,
         labels,
         context=[x[:, :1] for x in indices],
-        generator=torch.Generator().manual_seed(3),
+        generator=torch.Generator().manual_seed(3 + 1000 * seed),
     )
     mixed = [
         torch.cat([s, x[:, -1:]], dim=1) for s, x in zip(sampled.indices, indices, strict=True)
@@ -192,6 +200,7 @@ def make_token_shards(root: Path, videos: int, tokenizer_ref: str | None) -> tup
             f"tokenize.tokens_root={root / 'tokens'}",
             "tokenize.progress=false",
             "ray.num_cpus=2",
+            "tokenize.latents=true",  # Infinity-style error correction re-quantizes from them
         ],
     )
     make_synthetic_dataset(config.synthetic, config.synthetic_dir)
@@ -236,6 +245,35 @@ def make_token_shards(root: Path, videos: int, tokenizer_ref: str | None) -> tup
     return clips, layout
 
 
+def _beyond_spread(figures: dict, better: str, worse: str, metric: str) -> tuple[float, bool]:
+    """(mean improvement of `better` over `worse`, whether it exceeds both arms' seed spread)."""
+    gain = figures[f"{worse}_{metric}_mean"] - figures[f"{better}_{metric}_mean"]
+    spread = max(figures[f"{better}_{metric}_spread"], figures[f"{worse}_{metric}_spread"])
+    return gain, gain > spread
+
+
+def ablation_goals(figures: dict, chosen: list[str]) -> list[dict]:
+    """The issue's goals, where both arms ran."""
+    goals = []
+    if {"baseline", "full_context"} <= set(chosen):
+        for metric in ("drift_bits_per_token", "val_bits_per_token"):
+            gain, met = _beyond_spread(figures, "full_context", "baseline", metric)
+            goals.append(
+                goal(f"full previous-frame context vs pooled: lower {metric} (mean gain)", gain,
+                     "> 0 and beyond the seeds' spread (max - min) of either arm", met)
+            )  # fmt: skip
+    if {"baseline", "ec_infinity"} <= set(chosen):
+        gain = (
+            figures["baseline_drift_bits_per_token_mean"]
+            - figures["ec_infinity_drift_bits_per_token_mean"]
+        )
+        goals.append(
+            goal("Infinity-style error correction vs none: lower drift (mean gain, bits/token)",
+                 gain, "> 0", gain > 0)
+        )  # fmt: skip
+    return goals
+
+
 def main() -> None:
     """Run the ablation and write bench/results/videoar_ablation.json."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -245,6 +283,8 @@ def main() -> None:
         help="a registered tokenizer (models:/...) or model folder; default: random weights",
     )
     parser.add_argument("--steps", type=int, help="training steps per variant")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers (default 2)")
     parser.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
@@ -256,7 +296,7 @@ def main() -> None:
     if unknown or not chosen:
         parser.error(f"--variants {args.variants}: choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(1 if args.quick else 2)
-    videos, steps = (32, 150) if args.quick else (64, 600)
+    videos, steps = (32, 60) if args.quick else (64, 300)
     steps = args.steps or steps
     with tempfile.TemporaryDirectory(prefix="arvid-ablate-") as tmp:
         clips, layout = make_token_shards(Path(tmp), videos, args.tokenizer)
@@ -285,7 +325,8 @@ def main() -> None:
         f"{clips[0].indices[0].shape[0]} latent frames",
         "tokenizer": layout["tokenizer"],
         "steps_per_variant": steps,
-        "model": "4 layers x 128 wide, 4 heads",
+        "model": f"{args.layers} layers x 128 wide, 4 heads",
+        "seeds": args.seeds,
         "drift_definition": "bits/token of the real last frame after the model's own sampled frames "
         "(first frame given) minus after the real frames",
     }
@@ -294,32 +335,34 @@ def main() -> None:
         f"{VARIANTS[n].error_correction or 'off'}, frame mask prob {VARIANTS[n].frame_mask}"
         for n in chosen
     )
-    for name in chosen:
-        variant = VARIANTS[name]
-        model = build_model(layout, len(classes), variant)
-        seconds = train(
-            model,
-            [as_tensors[i] for i in train_ids],
-            labels[train_ids],
-            steps,
-            batch=8,
-            continuous=[latents[i] for i in train_ids]
-            if variant.error_correction == "infinity"
-            else None,
-        )
-        scores = evaluate(model, [as_tensors[i] for i in val_ids], labels[val_ids])
-        figures[f"{name}_train_s"] = round(seconds, 1)
-        for key, value in scores.items():
-            figures[f"{name}_{key}"] = round(value, 4)
-        print(f"{name}: {scores} ({seconds:.0f} s)", flush=True)
-    if "baseline" in chosen:
-        base_drift = figures["baseline_drift_bits_per_token"]
+    per_seed: dict[str, dict[str, list[float]]] = {name: {} for name in chosen}
+    for seed in range(args.seeds):
         for name in chosen:
-            if name != "baseline":
-                figures[f"{name}_drift_change_bits"] = round(
-                    figures[f"{name}_drift_bits_per_token"] - base_drift, 4
-                )
-    path = write_results("videoar_ablation", figures, goals=[])
+            variant = VARIANTS[name]
+            model = build_model(layout, len(classes), variant, seed, args.layers)
+            seconds = train(
+                model,
+                [as_tensors[i] for i in train_ids],
+                labels[train_ids],
+                steps,
+                batch=8,
+                continuous=[latents[i] for i in train_ids]
+                if variant.error_correction == "infinity"
+                else None,
+                seed=seed,
+            )
+            scores = evaluate(model, [as_tensors[i] for i in val_ids], labels[val_ids], seed)
+            scores["train_s"] = seconds
+            for key, value in scores.items():
+                per_seed[name].setdefault(key, []).append(round(value, 4))
+            print(f"seed {seed} {name}: {scores} ({seconds:.0f} s)", flush=True)
+    for name in chosen:
+        for key, values in per_seed[name].items():
+            figures[f"{name}_{key}_per_seed"] = values
+            figures[f"{name}_{key}_mean"] = round(statistics.mean(values), 4)
+            figures[f"{name}_{key}_spread"] = round(max(values) - min(values), 4)
+    goals = ablation_goals(figures, chosen)
+    path = write_results("videoar_ablation", figures, goals=goals)
     print(f"wrote {path}")
 
 

@@ -7,8 +7,11 @@ configurations interleave `--repeats` times (shared machines drift) and each fig
 median. On the CPU the figures carry wall-clock and process CPU time per clip, and the load
 average around the run says how noisy the wall-clock figures are. With --device cuda: the same
 on the GPU, plus how far its logits are from the CPU's (TF32 convolutions on and off).
-The issue's "wall time of a demo-sized evaluation" needs the evaluate flow; it is not here yet.
+With --demo-folder (a folder `bench/demo.py --keep` ran the demo in): the wall time of the demo's
+evaluation (`arvid evaluate` on its generator, every unit computed afresh in a new output folder;
+Ray start-up included), as the demo's config sets it (32 real, 32 sampled, 32 predicted clips).
 Usage: python bench/evaluate.py [--device cpu|cuda] [--repeats 3] [--batch-sizes 1 4]
+       [--demo-folder DIR]
 """
 
 from __future__ import annotations
@@ -107,12 +110,43 @@ def gpu_vs_cpu(model: InceptionI3d) -> dict[str, float]:
     return figures
 
 
+def demo_evaluation(folder: Path) -> dict[str, float | str]:
+    """Wall seconds of evaluating the demo's newest generator from scratch, in `folder`."""
+    import tempfile
+
+    from tasks.config import DEFAULT_CONFIG_PATH, load_config
+    from tasks.evaluate.run import evaluate
+    from tasks.settings import ArvidConfig
+
+    os.chdir(folder)  # the demo config's paths are relative to where the demo ran
+    out = tempfile.mkdtemp(prefix="arvid-eval-bench-")
+    config = load_config(ArvidConfig, DEFAULT_CONFIG_PATH, [f"evaluate.output_root={out}"])
+    started = time.perf_counter()
+    summary = evaluate(config)
+    seconds = time.perf_counter() - started
+    if summary.units_done_before:
+        raise SystemExit(
+            f"{out}: expected a fresh evaluation, {summary.units_done_before} units done"
+        )
+    return {
+        "demo_evaluation_wall_s": round(seconds, 1),
+        "demo_evaluation_model": summary.model,
+        "demo_evaluation_units": summary.units,
+        "demo_evaluation_videos": (
+            f"{summary.real_videos} real, {summary.generated_videos} sampled, "
+            f"{summary.real_videos} predicted"
+        ),
+        "demo_evaluation_seconds_per_sampled_video": round(summary.metrics["seconds_per_video"], 4),
+    }
+
+
 def main() -> None:
     """Measure I3D throughput on the chosen device and write bench/results/evaluate[.<gpu>].json."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="default: 1 4 (cuda: 1 4 16 64)")
+    parser.add_argument("--demo-folder", type=Path, help="also time the demo's evaluation there")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -128,6 +162,8 @@ def main() -> None:
         write_results("evaluate", figures, [], device=name, suffix=name.split()[-1].lower())
         return
     load_after = os.getloadavg()[0]
+    if args.demo_folder is not None:
+        figures.update(demo_evaluation(args.demo_folder.resolve()))
     figures["load_avg_1min_before"] = round(load_before, 2)
     figures["load_avg_1min_after"] = round(load_after, 2)
     figures["timing_note"] = (

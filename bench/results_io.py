@@ -37,10 +37,14 @@ def write_results(
     goals: list[dict[str, Any]],
     device: str | None = None,
     suffix: str | None = None,
+    path: Path | None = None,
 ) -> Path:
-    """Write bench/results/<bench>[.<suffix>].json and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / (f"{bench}.{suffix}.json" if suffix else f"{bench}.json")
+    """Write bench/results/<bench>[.<suffix>].json (or `path`, e.g. for a smoke run) and return
+    its path."""
+    if path is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / (f"{bench}.{suffix}.json" if suffix else f"{bench}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": bench,
         "command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),

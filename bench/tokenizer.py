@@ -1,46 +1,83 @@
-"""Tokenizer quality and speed: PSNR/SSIM on held-out demo clips after a CPU run of at most 10 min.
+"""Tokenizer quality per wall-time budget, against a weightless baseline on the same held-out clips.
 
 Makes the demo's synthetic videos plus held-out ones (the last `--holdout` videos, one per motion
-class), ingests them as two datasets, trains the demo config's tokenizer through the real pipeline
-(`train_tokenizer`: Ray Train, 2 CPU workers, MLflow, registry), loads it back by alias and
-measures on the held-out clips: PSNR, SSIM, codebook usage (overall and per scale), and encode /
-decode clips/s. The step budget comes from a calibration of one training step on this machine, so
-that the whole training call (Ray start-up included) fits the time budget.
-Usage: python bench/tokenizer.py [--minutes 10] [--quick]
+class), ingests them as two datasets, then for every seed trains two tokenizers through the real
+pipeline (`train_tokenizer`: Ray Train with the demo's 2 CPU workers, MLflow, registry), each for
+a wall-time budget (`--budget-s`, 600 s by default; `tokenizer_training.max_minutes` stops the
+run and spreads its lr schedule over it):
+- `multiscale`: the demo config's tokenizer (residual FSQ over scales [1, 2, 4, 8]);
+- `fsq`: the same network with single-scale FSQ.
+Ray starts once before the first run (a running cluster, as in production), and a 1-step fit warms
+Ray Train up; each run's wall time counts its worker start-up, training, final checkpoint and
+registration.
+
+On the held-out clips (whole 17x64x64 clips, centre crop, no flip) it measures, per run:
+- PSNR / SSIM of decode(quantized) (what the tokens give) and of decode(continuous) (the same
+  network without rounding): the gap is the quantizer's loss, the rest is model capacity;
+- quantization error (latent MSE in code units), code perplexity, zero-code share, and per scale:
+  saturation (digits clamped at the grid's ends), zero-code share, code usage against the scale's
+  ceiling (its number of tokens) and the calibrated gain;
+and once, the weightless thumbnail baseline: each 8x8x(1, then 4)-frame cell of the latent grid
+averaged, stored as one of 64,000 RGB colours (40 levels per channel: the 16 bits a token spends)
+and upsampled bilinearly in space (held over the cell's frames in time).
+
+Goals (issue 16): every seed >= baseline + 3 dB, for each tokenizer; every run within its budget.
+Usage: python bench/tokenizer.py [--budget-s 600] [--seeds 3] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from einops import rearrange  # noqa: E402
 
 from bench.results_io import goal, write_results  # noqa: E402
-from models.tokenizer import TokenizerLoss, VideoTokenizer, code_usage, psnr, ssim  # noqa: E402
+from models.tokenizer import VideoTokenizer, code_usage, psnr, ssim  # noqa: E402
+from models.tokenizer.multiscale import MultiScaleFSQ  # noqa: E402
 from tasks.config import load_config  # noqa: E402
 from tasks.data.datasets import resolve_dataset  # noqa: E402
 from tasks.ingest.run import ingest_dataset  # noqa: E402
 from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
+from tasks.ray_runtime import ensure_ray  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
 from tasks.train.tokenizer_data import ShardClipDataset  # noqa: E402
 from tasks.train.tokenizer_registry import load_tokenizer  # noqa: E402
-from tasks.train.tokenizer_trainer import train_tokenizer  # noqa: E402
+from tasks.train.tokenizer_trainer import run_tokenizer_training, train_tokenizer  # noqa: E402
 
-# Ray start-up, the first fit's worker launch, registering and logging: measured ~40-90 s here.
-STARTUP_ALLOWANCE_S = 100.0
-# A Ray Train step over the calibrated bare step: two workers on two cores beside Ray's own
-# processes (~25% of a core here), the all-reduce, reports, checkpoints. It was 1.4x-2.2x while
-# every draw decoded its clip (~60 ms of PyAV per 17-frame clip, 4 clips a step); with decoded
-# clips kept (tokenizer_training.decoded_cache_mb) it measured 1.45x (0.42 s vs 0.29 s).
-STEP_OVERHEAD = 1.45
+# What a run spends after its training loop stops: the last checkpoint, Ray's worker-group
+# teardown, rebuilding the model from the checkpoint, logging it to MLflow and registering it.
+# The loop's budget is the run's budget less this, so the run as a whole ends inside it.
+TAIL_ALLOWANCE_S = 20.0
+# The 16 bits a token spends, as RGB: 40 levels per channel (40**3 = 64,000 colours).
+THUMBNAIL_LEVELS = 40
+KINDS = {
+    "multiscale": [],  # the demo config as it is
+    "fsq": ["tokenizer_training.model.scales=null", "tokenizer_training.model.scale_gains=null"],
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out figures of one trained tokenizer."""
+
+    psnr_quantized_db: float
+    psnr_continuous_db: float
+    ssim_quantized: float
+    ssim_continuous: float
+    quantization_mse: float
+    code_perplexity: float
+    zero_code_share: float
+    per_scale: dict[str, float]  # "<figure>_scale<k>" -> value
 
 
 def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
@@ -50,31 +87,6 @@ def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
     train.write_text("\n".join(rows[:-holdout]) + "\n")
     held.write_text("\n".join(rows[-holdout:]) + "\n")
     return train, held
-
-
-def seconds_per_step(config: ArvidConfig, repeats: int = 4) -> float:
-    """Median wall time of one training step of one worker (one thread, as a Ray CPU worker)."""
-    training = config.tokenizer_training
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tokenizer, loss = VideoTokenizer(training.model), TokenizerLoss(training.loss)
-        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=training.lr)
-        side = training.window_side
-        shape = (training.batch_size, 3, training.frames, side, side)
-        video = torch.rand(shape) * 2 - 1
-        times = []
-        for _ in range(repeats + 1):
-            started = time.perf_counter()
-            reconstruction, _ = tokenizer(video)
-            g_loss, _ = loss.generator_loss(video, reconstruction, tokenizer.last_layer, 0)
-            optimizer.zero_grad()
-            g_loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(threads)
-    return statistics.median(times[1:])
 
 
 def held_out_clips(reference: str, config: ArvidConfig) -> torch.Tensor:
@@ -90,6 +102,67 @@ def held_out_clips(reference: str, config: ArvidConfig) -> torch.Tensor:
     return torch.stack([clip for _, clip in data.iter_epoch(0)])
 
 
+def thumbnail_baseline(
+    clips: torch.Tensor, temporal_factor: int, spatial_factor: int, levels: int
+) -> torch.Tensor:
+    """The weightless baseline: cell means on the tokenizer's latent grid (first frame alone, then
+    groups of `temporal_factor`), rounded to `levels` per channel, bilinear up in space, held in
+    time. (N, 3, T, H, W) in [-1, 1] -> the same shape."""
+    first, rest = clips[:, :, :1], clips[:, :, 1:]
+    groups = rearrange(rest, "n c (t f) h w -> n c t f h w", f=temporal_factor).mean(dim=3)
+    cells = torch.cat([first, groups], dim=2)  # (N, 3, t, H, W): one frame per latent frame
+    frames = rearrange(cells, "n c t h w -> (n t) c h w")
+    small = F.avg_pool2d(frames, spatial_factor)
+    unit = ((small + 1) / 2).clamp(0, 1)
+    small = torch.round(unit * (levels - 1)) / (levels - 1) * 2 - 1
+    up = F.interpolate(small, size=frames.shape[-2:], mode="bilinear", align_corners=False)
+    up = rearrange(up, "(n t) c h w -> n c t h w", n=clips.shape[0])
+    held = torch.cat([up[:, :, :1], up[:, :, 1:].repeat_interleave(temporal_factor, dim=2)], 2)
+    return held.clamp(-1, 1)
+
+
+def evaluate(tokenizer: VideoTokenizer, clips: torch.Tensor) -> Evaluation:
+    """Held-out quality of decode(quantized) and decode(continuous), and quantizer health."""
+    with torch.no_grad():
+        encoding = tokenizer.encode(clips)
+        quantized = tokenizer.decode_indices(encoding.indices).clamp(-1, 1)
+        continuous = tokenizer.decode(encoding.continuous).clamp(-1, 1)
+        quantizer = tokenizer.quantizer
+        usage = code_usage(encoding.indices, tokenizer.vocab_size, quantizer.zero_index())
+        per_scale: dict[str, float] = {}
+        if isinstance(quantizer, MultiScaleFSQ):
+            stats = quantizer.statistics(encoding.continuous)
+            for k in range(quantizer.num_scales):
+                per_scale[f"saturation_ratio_scale{k}"] = float(stats.saturation[k])
+                per_scale[f"zero_code_ratio_scale{k}"] = float(
+                    usage[f"zero_code_fraction/scale{k}"]
+                )
+                per_scale[f"code_usage_of_ceiling_ratio_scale{k}"] = float(
+                    usage[f"code_usage_of_ceiling/scale{k}"]
+                )
+                per_scale[f"code_perplexity_scale{k}"] = float(usage[f"code_perplexity/scale{k}"])
+                per_scale[f"latent_mse_after_scale{k}"] = float(stats.latent_mse[k])
+                per_scale[f"gain_scale{k}"] = float(quantizer.gains[k])
+        else:
+            # Single-scale FSQ bounds with tanh: report the share of digits on the grid's ends
+            # (index 0 holds every channel's lowest digit, the last index every highest).
+            codes = quantizer.indices_to_codes(encoding.indices)
+            ends = quantizer.indices_to_codes(torch.tensor([0, quantizer.codebook_size - 1]))
+            edge = (codes == ends[0]) | (codes == ends[1])
+            per_scale["edge_digit_ratio"] = float(edge.float().mean())
+            per_scale["code_usage_of_ceiling_ratio"] = float(usage["code_usage_of_ceiling"])
+    return Evaluation(
+        psnr_quantized_db=float(psnr(quantized, clips).mean()),
+        psnr_continuous_db=float(psnr(continuous, clips).mean()),
+        ssim_quantized=float(ssim(quantized, clips).mean()),
+        ssim_continuous=float(ssim(continuous, clips).mean()),
+        quantization_mse=float((encoding.quantized - encoding.continuous).pow(2).mean()),
+        code_perplexity=float(usage["code_perplexity"]),
+        zero_code_share=float(usage["zero_code_fraction"]),
+        per_scale=per_scale,
+    )
+
+
 def timed(fn, repeats: int) -> float:
     """Median seconds of `fn()` after one warm-up call."""
     fn()
@@ -101,114 +174,164 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def prepare_data(root: Path, holdout: int) -> ArvidConfig:
+    """Make and ingest the demo's videos (train) and `holdout` more (held out); the demo config."""
+    base = load_config(ArvidConfig)
+    synthetic = base.synthetic.model_copy(update={"count": base.synthetic.count + holdout})
+    make_synthetic_dataset(synthetic, root / "raw")
+    train_manifest, holdout_manifest = split_manifest(root / "raw", holdout)
+    for name, manifest in (("train", train_manifest), ("holdout", holdout_manifest)):
+        ingest_dataset(
+            base.ingest.model_copy(
+                update={
+                    "source": str(manifest),
+                    "output_root": str(root / "datasets"),
+                    "name": name,
+                    "progress": False,
+                }
+            )
+        )
+    return base
+
+
+def run_config(
+    root: Path, kind: str, seed: int, budget_s: float, extra: list[str] | None = None
+) -> ArvidConfig:
+    """The demo config for one bench run: its data, stores, seed and wall-time budget (then
+    the `extra` overrides)."""
+    minutes = max(budget_s - TAIL_ALLOWANCE_S, 1.0) / 60
+    return load_config(
+        ArvidConfig,
+        None,
+        [
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_location={root / 'mlartifacts'}",
+            "tracking.experiment=bench-tokenizer",
+            f"tokenizer_training.dataset={root / 'datasets' / 'train'}",
+            f"tokenizer_training.checkpoint_dir={root / 'checkpoints'}",
+            "tokenizer_training.steps=1000000",  # the budget ends the run
+            f"tokenizer_training.max_minutes={minutes}",
+            "tokenizer_training.checkpoint_every=200",
+            "tokenizer_training.sample_every=1000000",  # one sample, at the end
+            f"tokenizer_training.seed={seed}",
+            f"tokenizer_training.register_alias=bench-{kind}-{seed}",
+            "ray.num_cpus=2",
+            *KINDS[kind],
+            *(extra or []),
+        ],
+    )
+
+
 def main() -> None:
-    """Run the benchmark and write bench/results/tokenizer.json."""
+    """Run the benchmark and write its results (bench/results/tokenizer.json or --out)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="wall budget of each run")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per tokenizer (0, 1, ...)")
     parser.add_argument("--holdout", type=int, default=8, help="held-out videos")
-    parser.add_argument("--quick", action="store_true", help="1-minute budget, for a smoke run")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="tokenizers to train")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: bench/)")
     args = parser.parse_args()
-    budget_s = 60.0 if args.quick else args.minutes * 60
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds {unknown}: choose from {sorted(KINDS)}")
+    torch.set_num_threads(2)
+    figures: dict[str, object] = {"budget_s": args.budget_s, "seeds": args.seeds}
+    goals = []
     with tempfile.TemporaryDirectory(prefix="arvid-bench-tokenizer-") as tmp:
         root = Path(tmp)
-        base = load_config(ArvidConfig)  # the demo config: its synthetic data and tokenizer
-        synthetic = base.synthetic.model_copy(update={"count": base.synthetic.count + args.holdout})
-        make_synthetic_dataset(synthetic, root / "raw")
-        train_manifest, holdout_manifest = split_manifest(root / "raw", args.holdout)
-        for name, manifest in (("train", train_manifest), ("holdout", holdout_manifest)):
-            ingest_dataset(
-                base.ingest.model_copy(
-                    update={
-                        "source": str(manifest),
-                        "output_root": str(root / "datasets"),
-                        "name": name,
-                        "progress": False,
+        base = prepare_data(root, args.holdout)
+        clips = held_out_clips(str(root / "datasets" / "holdout"), base)
+        model = base.tokenizer_training.model
+        baseline = thumbnail_baseline(
+            clips, model.temporal_factor, model.spatial_factor, THUMBNAIL_LEVELS
+        )
+        baseline_db = float(psnr(baseline, clips).mean())
+        figures.update(
+            {
+                "held_out_clips": int(clips.shape[0]),
+                "held_out_clip_shape": "x".join(str(n) for n in clips.shape[2:]),
+                "thumbnail_psnr_db": round(baseline_db, 2),
+                "thumbnail_ssim": round(float(ssim(baseline, clips).mean()), 4),
+            }
+        )
+        print(f"thumbnail baseline {baseline_db:.2f} dB on {clips.shape[0]} clips", flush=True)
+        started = time.perf_counter()
+        ensure_ray(run_config(root, kinds[0], 0, args.budget_s).ray)
+        figures["ray_start_s"] = round(time.perf_counter() - started, 1)
+        # Ray Train's first fit pays one-off costs (its controller, imports in fresh workers):
+        # a 1-step fit first, so that the first measured run is not charged for them.
+        started = time.perf_counter()
+        warm_up = [
+            "tokenizer_training.steps=1",
+            "tokenizer_training.max_minutes=null",
+            f"tokenizer_training.checkpoint_dir={root / 'warm-up'}",
+        ]
+        run_tokenizer_training(run_config(root, kinds[0], 0, args.budget_s, warm_up))
+        figures["ray_train_warm_up_s"] = round(time.perf_counter() - started, 1)
+
+        for kind in kinds:
+            psnrs = []
+            for seed in range(args.seeds):
+                config = run_config(root, kind, seed, args.budget_s)
+                started = time.perf_counter()
+                summary = train_tokenizer(config)
+                wall_s = time.perf_counter() - started
+                print(summary.line(), f"({wall_s:.0f} s)", flush=True)
+                tokenizer = load_tokenizer(summary.reference(), tracking_config=config.tracking)
+                result = evaluate(tokenizer, clips)
+                prefix = f"{kind}_seed{seed}_"
+                figures.update(
+                    {
+                        prefix + "steps": summary.steps,
+                        prefix + "train_wall_s": round(wall_s, 1),
+                        prefix + "train_loop_s": summary.train_seconds,
+                        prefix + "startup_s": summary.startup_seconds,
+                        prefix + "train_clips_per_s": summary.clips_per_s,
+                        prefix + "psnr_quantized_db": round(result.psnr_quantized_db, 2),
+                        prefix + "psnr_continuous_db": round(result.psnr_continuous_db, 2),
+                        prefix + "ssim_quantized": round(result.ssim_quantized, 4),
+                        prefix + "ssim_continuous": round(result.ssim_continuous, 4),
+                        prefix + "quantization_mse": round(result.quantization_mse, 6),
+                        prefix + "code_perplexity": round(result.code_perplexity, 2),
+                        prefix + "zero_code_ratio": round(result.zero_code_share, 4),
+                        **{prefix + k: round(v, 4) for k, v in result.per_scale.items()},
                     }
+                )
+                psnrs.append(result.psnr_quantized_db)
+                goals.append(
+                    goal(
+                        prefix + "train_wall_s",
+                        wall_s,
+                        f"<= {args.budget_s:.0f} s (2 CPU cores)",
+                        wall_s <= args.budget_s,
+                    )
+                )
+                if seed == 0:
+                    batch = clips[:8]
+                    with torch.no_grad():
+                        indices = tokenizer.encode(batch).indices
+                        encode_s = timed(lambda b=batch, t=tokenizer: t.encode(b), repeats=3)
+                        decode_s = timed(lambda i=indices, t=tokenizer: t.decode_indices(i), 3)
+                    figures[f"{kind}_parameters"] = sum(p.numel() for p in tokenizer.parameters())
+                    figures[f"{kind}_encode_clips_per_s"] = round(batch.shape[0] / encode_s, 2)
+                    figures[f"{kind}_decode_clips_per_s"] = round(batch.shape[0] / decode_s, 2)
+            worst = min(psnrs)
+            figures[f"{kind}_psnr_quantized_db_mean"] = round(statistics.mean(psnrs), 2)
+            figures[f"{kind}_psnr_over_thumbnail_db_min"] = round(worst - baseline_db, 2)
+            goals.append(
+                goal(
+                    f"{kind}_psnr_over_thumbnail_db_min",
+                    worst - baseline_db,
+                    ">= 3 dB (every seed >= baseline + 3 dB)",
+                    worst >= baseline_db + 3.0,
                 )
             )
 
-        step_s = seconds_per_step(base)
-        steps = max(10, int((budget_s - STARTUP_ALLOWANCE_S) / (step_s * STEP_OVERHEAD)))
-        config = load_config(
-            ArvidConfig,
-            None,
-            [
-                f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-                f"tracking.artifact_location={root / 'mlartifacts'}",
-                "tracking.experiment=bench-tokenizer",
-                f"tokenizer_training.dataset={root / 'datasets' / 'train'}",
-                f"tokenizer_training.checkpoint_dir={root / 'checkpoints'}",
-                f"tokenizer_training.steps={steps}",
-                f"tokenizer_training.checkpoint_every={max(1, steps // 4)}",
-                f"tokenizer_training.sample_every={steps}",
-                "tokenizer_training.register_alias=bench",
-                "ray.num_cpus=2",
-            ],
-        )
-        print(f"calibrated {step_s:.2f} s/step -> {steps} steps in {budget_s:.0f} s", flush=True)
-        started = time.perf_counter()
-        summary = train_tokenizer(config)
-        train_wall_s = time.perf_counter() - started
-        print(summary.line(), flush=True)
-
-        tokenizer = load_tokenizer("models:/arvid-tokenizer@bench", tracking_config=config.tracking)
-        clips = held_out_clips(str(root / "datasets" / "holdout"), config)
-        with torch.no_grad():
-            encoding = tokenizer.encode(clips)
-            reconstruction = tokenizer.decode_indices(encoding.indices).clamp(-1, 1)
-            psnr_db = float(psnr(reconstruction, clips).mean())
-            ssim_value = float(ssim(reconstruction, clips).mean())
-            usage = code_usage(
-                encoding.indices, tokenizer.vocab_size, tokenizer.quantizer.zero_index()
-            )
-            batch = clips[:8]
-            indices = tokenizer.encode(batch).indices
-            encode_s = timed(lambda: tokenizer.encode(batch), repeats=5)
-            decode_s = timed(lambda: tokenizer.decode_indices(indices), repeats=5)
-
-    side = config.tokenizer_training.window_side
-    figures = {
-        "train_videos": base.synthetic.count,
-        "held_out_videos": args.holdout,
-        "held_out_clips": int(clips.shape[0]),
-        "held_out_clip_shape": "x".join(str(n) for n in clips.shape[2:]),
-        "train_window_shape": f"{config.tokenizer_training.frames}x{side}x{side}",
-        "model": json.dumps(config.tokenizer_training.model.model_dump(), sort_keys=True),
-        "parameters": sum(p.numel() for p in tokenizer.parameters()),
-        "workers": config.tokenizer_training.num_workers,
-        "batch_per_worker": config.tokenizer_training.batch_size,
-        "calibrated_s_per_step": round(step_s, 3),
-        "steps": summary.steps,
-        "train_wall_s": round(train_wall_s, 1),
-        "train_loop_s": summary.train_seconds,
-        "train_clips_per_s": summary.clips_per_s,
-        "held_out_psnr_db": round(psnr_db, 2),
-        "held_out_ssim": round(ssim_value, 4),
-        "train_last_psnr_db": round(summary.metrics.get("psnr_db", float("nan")), 2),
-        "encode_clips_per_s": round(batch.shape[0] / encode_s, 2),
-        "decode_clips_per_s": round(batch.shape[0] / decode_s, 2),
-        "speed_threads": torch.get_num_threads(),
-        "code_usage_ratio": round(float(usage["code_usage"]), 6),
-        "code_perplexity": round(float(usage["code_perplexity"]), 2),
-        **{
-            f"code_usage_ratio_scale{k}": round(float(usage[f"code_usage/scale{k}"]), 6)
-            for k in range(len(tokenizer.scales or []))
-        },
-        "vocab_size": tokenizer.vocab_size,
-        "note": "2-core machine shared with other engineers' jobs; timings are noisy",
-    }
-    goals = [
-        goal("held_out_psnr_db", psnr_db, ">= 24 dB", psnr_db >= 24.0),
-        goal(
-            "train_wall_s", train_wall_s, f"<= {budget_s:.0f} s (CPU run)", train_wall_s <= budget_s
-        ),
-    ]
-    path = write_results("tokenizer", figures, goals)
-    print(
-        f"held-out PSNR {psnr_db:.2f} dB, SSIM {ssim_value:.3f} after {summary.steps} steps "
-        f"({train_wall_s:.0f} s); encode {figures['encode_clips_per_s']} clips/s, decode "
-        f"{figures['decode_clips_per_s']} clips/s -> {path}"
-    )
+    figures["speed_threads"] = torch.get_num_threads()
+    figures["note"] = "run alone: the 2 workers need both cores; a second job halves their steps"
+    path = write_results("tokenizer", figures, goals, path=args.out)
+    print(f"-> {path}")
 
 
 if __name__ == "__main__":

@@ -380,20 +380,15 @@ class LocalStack:
         from tasks.settings import ArvidConfig
 
         ends = self.endpoints()
-        data = read_yaml(DEFAULT_CONFIG_PATH)
-        s3 = f"s3://{BUCKET}"
+        data = _to_bucket(read_yaml(DEFAULT_CONFIG_PATH), ".arvid/demo/", f"s3://{BUCKET}/")
         raw = str(self.root / "raw")
         data["storage"] = {"endpoint_url": ends.s3, "region": REGION, "addressing_style": "path"}
         data["tracking"] = {"uri": ends.mlflow, "experiment": "arvid", "artifact_location": None}
         data["ray"] = {"address": ends.ray_address}
+        # make-dataset writes local files; everything else the jobs write goes to the bucket.
         data["synthetic_dir"] = raw
         data["ingest"]["source"] = f"{raw}/labels.jsonl"
-        data["ingest"]["output_root"] = f"{s3}/datasets"
-        data["tokenize"]["dataset"] = f"{s3}/datasets/{data['ingest']['name']}"
-        data["tokenize"]["tokens_root"] = f"{s3}/tokens"
-        data["tokenizer_training"]["checkpoint_dir"] = f"{s3}/checkpoints/tokenizer"
-        data["pretrain"]["checkpoint_dir"] = f"{s3}/checkpoints/generator"
-        data["promote"]["lock"]["root"] = f"{s3}/locks"
+        data["promote"]["lock"]["root"] = f"s3://{BUCKET}/locks"
         ArvidConfig.model_validate(data)  # a stack that writes a config arvid refuses is a bug
         return data
 
@@ -715,6 +710,17 @@ class LocalStack:
     def log_tail(self, name: str) -> str:
         """The end of one service's log."""
         return log_tail(self.log_path(name))
+
+
+def _to_bucket(value: Any, local: str, bucket: str) -> Any:
+    """`value` with every string that starts with the local folder `local` moved into `bucket`."""
+    if isinstance(value, dict):
+        return {k: _to_bucket(v, local, bucket) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_bucket(v, local, bucket) for v in value]
+    if isinstance(value, str) and value.startswith(local):
+        return bucket + value[len(local) :]
+    return value
 
 
 def _http_ok(url: str) -> bool:

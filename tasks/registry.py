@@ -115,13 +115,32 @@ def register(
     return str(version.version)
 
 
+def find_version(name: str, tags: dict[str, str]) -> str | None:
+    """The newest version of `name` carrying every one of `tags`, or None (also without `name`)."""
+    from mlflow import MlflowClient
+
+    matching = [
+        version
+        for version in MlflowClient().search_model_versions(f"name='{name}'")
+        if all(version.tags.get(key) == value for key, value in tags.items())
+    ]
+    return str(max(int(v.version) for v in matching)) if matching else None
+
+
 # --- resolving references --------------------------------------------------------------------
 
 
-def _pin_registered(reference: str) -> PinnedModel:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class RegistryReference:
+    """What a models:/ reference says, before anything is looked up."""
 
+    name: str
+    alias: str | None = None
+    version: str | None = None  # a number; None without an alias means the newest version
+
+
+def parse_registry_reference(reference: str) -> RegistryReference:
+    """Split models:/<name>@<alias>, models:/<name>/<N> or models:/<name>[/latest]; ValueError if malformed."""
     body = reference[len("models:/") :].strip("/")
     if "@" in body:
         name, alias = body.split("@", 1)
@@ -136,11 +155,30 @@ def _pin_registered(reference: str) -> PinnedModel:
         )
     if version not in (None, "", "latest") and not version.isdigit():
         raise ValueError(f"{reference}: version {version!r} must be a number or 'latest'")
+    return RegistryReference(
+        name=name, alias=alias, version=None if version in (None, "", "latest") else version
+    )
+
+
+def parse_run_reference(reference: str) -> tuple[str, str]:
+    """Split runs:/<run id>/<path> into (run id, path); ValueError without a run id."""
+    run_id, _, path = reference[len("runs:/") :].partition("/")
+    if not run_id:
+        raise ValueError(f"{reference}: not a run reference — write runs:/<run id>/<path>")
+    return run_id, path
+
+
+def _pin_registered(reference: str) -> PinnedModel:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_registry_reference(reference)
+    name = parsed.name
     client = MlflowClient()
     try:
-        if alias is not None:
-            found = client.get_model_version_by_alias(name, alias)
-        elif version in ("", "latest"):
+        if parsed.alias is not None:
+            found = client.get_model_version_by_alias(name, parsed.alias)
+        elif parsed.version is None:
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
                 raise FileNotFoundError(
@@ -149,7 +187,7 @@ def _pin_registered(reference: str) -> PinnedModel:
                 )
             found = max(versions, key=lambda v: int(v.version))
         else:
-            found = client.get_model_version(name, version)
+            found = client.get_model_version(name, parsed.version)
     except MlflowException as exc:
         raise FileNotFoundError(
             f"{reference}: no such registered model, version or alias ({exc.message}) — "
@@ -170,9 +208,7 @@ def _pin_run(reference: str) -> PinnedModel:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    run_id = reference[len("runs:/") :].split("/", 1)[0]
-    if not run_id:
-        raise ValueError(f"{reference}: not a run reference — write runs:/<run id>/<path>")
+    run_id, _ = parse_run_reference(reference)
     try:
         MlflowClient().get_run(run_id)
     except MlflowException as exc:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from tasks.config import StrictModel
+from tasks.evaluate.config import EvaluateConfig
 from tasks.ingest.config import IngestConfig, SyntheticDatasetConfig
+from tasks.pipeline.config import PipelineConfig
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.promote.config import PromoteConfig
 from tasks.ray_runtime import RayConfig
@@ -33,4 +35,6 @@ class ArvidConfig(StrictModel):
             stages=[StageConfig(name="base", resolution=64, frames=17, steps=100)]
         )
     )
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

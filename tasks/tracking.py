@@ -81,6 +81,20 @@ def setup_tracking(config: TrackingConfig) -> str:
     return experiment_id
 
 
+_parent_run_id: str | None = None  # set while a pipeline runs its steps (process-wide)
+
+
+@contextmanager
+def child_runs_of(run_id: str) -> Iterator[None]:
+    """Make every top-level run opened inside (by any thread) a child of run `run_id`."""
+    global _parent_run_id
+    before, _parent_run_id = _parent_run_id, run_id
+    try:
+        yield
+    finally:
+        _parent_run_id = before
+
+
 @contextmanager
 def tracked_run(
     config: TrackingConfig,
@@ -95,6 +109,8 @@ def tracked_run(
 
     setup_tracking(config)
     all_tags = {"arvid.git_commit": git_commit(), **(tags or {})}
+    if not nested and _parent_run_id is not None and mlflow.active_run() is None:
+        all_tags.setdefault("mlflow.parentRunId", _parent_run_id)  # a step of a pipeline run
     with mlflow.start_run(run_name=run_name, tags=all_tags, nested=nested) as run:
         if params is not None:
             data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params

@@ -15,14 +15,14 @@ data that skipped the mapping (or [-1, 1] data "un-mapped" twice) than real foot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ResizeMethod = Literal["bilinear", "bicubic", "area"]
+from models.eval.resize import ResizeMethod
+
 RANGE_TOLERANCE = 1e-3
 
 

@@ -79,14 +79,24 @@ def build_group_mask(
     visibility: torch.Tensor | None = None,
 ) -> GroupMask:
     """The mask for a full (teacher-forced) forward over (L,) group ids, prefix included;
-    an optional (B or 1, L, L) bool ``visibility`` hides further keys (False = hidden)."""
+    an optional (B or 1, L, L) ``visibility`` hides further keys (bool: False = hidden) or, as
+    floats, adds a bias to the scores (-inf = hidden; dense SDPA only)."""
     groups = groups.to(device)
-    if resolve_backend(backend, device) == "flex":
+    biased = visibility is not None and visibility.is_floating_point()
+    if resolve_backend(backend, device) == "flex" and not biased:
         return GroupMask(block=flex_group_mask(groups, visibility))
     dense = dense_group_mask(groups, groups)  # (L, L)
     if visibility is not None:
-        dense = (dense & visibility)[:, None]  # (B or 1, 1, L, L): broadcasts over heads
+        dense = combine_visibility(dense, visibility)  # (B or 1, 1, L, L): broadcasts over heads
     return GroupMask(dense=dense)
+
+
+def combine_visibility(dense: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
+    """(Lq, Lk) bool group mask and (B or 1, Lq, Lk) visibility -> (B or 1, 1, Lq, Lk) mask:
+    bool visibility hides keys; float visibility is an additive score bias (FlexRoPE's decay)."""
+    if visibility.dtype == torch.bool:
+        return (dense & visibility)[:, None]
+    return torch.where(dense, visibility, float("-inf"))[:, None]
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["sdpa", "flex"]:
@@ -115,8 +125,11 @@ def masked_attention(
     """(B, H, Lq, D) queries over (B, H, Lk, D) keys under a group-causal mask -> (B, H, Lq, D)."""
     if mask.block is not None:
         return _flex(q, k, v, mask.block)
+    dense = mask.dense
+    if dense is not None and dense.is_floating_point() and dense.dtype != q.dtype:
+        dense = dense.to(q.dtype)  # SDPA wants a float bias in the queries' dtype (autocast)
     # A custom mask only: is_causal=True on top would silently intersect the two.
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,78 @@ class VideoARConfig(BaseModel):
     error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
     frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
     long_context: LongContextConfig = Field(default_factory=LongContextConfig)
+
+
+class FARConfig(BaseModel):
+    """FAR: frame-autoregressive flow matching on continuous latents, with long short-term context.
+
+    The latent layout (``latent_dim``, ``latent_hw``) comes from the tokenizer; the rest are FAR's
+    switches (PAPERS.md: logit-normal time steps, 10% clean context frames, older frames patchified
+    4x per side with their own projection).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    latent_dim: int = Field(6, ge=1, description="channels of the continuous latent (FSQ dim)")
+    latent_hw: tuple[int, int] = Field((8, 8), description="(h, w) of one latent frame")
+    patch: int = Field(1, ge=1, description="latent cells per side of a full-resolution token")
+    long_patch: int = Field(
+        4, ge=1, description="a long-term (compressed) token covers long_patch x long_patch "
+        "full-resolution tokens (FAR: 4, so 16x fewer tokens per frame)"
+    )  # fmt: skip
+    short_window: int | None = Field(
+        None, ge=1, description="frames a query sees at full resolution, itself included; older "
+        "frames enter compressed. None: every frame at full resolution"
+    )  # fmt: skip
+    clean_context_prob: float = Field(
+        0.1, ge=0, lt=1, description="training: share of frames given clean (time-step tag "
+        "'clean'), left out of the loss, so the model learns to read clean context"
+    )  # fmt: skip
+    timestep_mean: float = Field(0.0, description="logit-normal time steps: mean of the logit")
+    timestep_std: float = Field(1.0, gt=0, description="logit-normal time steps: std of the logit")
+    latent_scale: float = Field(
+        1.0, gt=0, description="the model works on latent * latent_scale (unit variance helps)"
+    )
+    head_layers: int = Field(2, ge=1, description="residual blocks of the flow-matching head")
+    head_hidden: int | None = Field(None, ge=8, description="head width; None = n_embd")
+    temporal_decay: float = Field(
+        0.0, ge=0, description="FlexRoPE: attention bias -decay * (query frame - key frame) at "
+        "sampling (0 = off, as FAR's code ships it); sampling may override it"
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check_patches(self) -> FARConfig:
+        side = self.patch * self.long_patch
+        if self.latent_hw[0] % side or self.latent_hw[1] % side:
+            raise ValueError(
+                f"far: latent frame {self.latent_hw} does not tile into long-term patches of "
+                f"{side}x{side} cells (patch {self.patch} x long_patch {self.long_patch}); "
+                "choose far.long_patch (or far.patch) dividing the latent side"
+            )
+        return self
+
+    @property
+    def full_grid(self) -> tuple[int, int]:
+        """(rows, cols) of full-resolution tokens per frame."""
+        return self.latent_hw[0] // self.patch, self.latent_hw[1] // self.patch
+
+    @property
+    def long_grid(self) -> tuple[int, int]:
+        """(rows, cols) of long-term (compressed) tokens per frame."""
+        side = self.patch * self.long_patch
+        return self.latent_hw[0] // side, self.latent_hw[1] // side
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Full-resolution tokens of one frame."""
+        return self.full_grid[0] * self.full_grid[1]
+
+    @property
+    def long_tokens_per_frame(self) -> int:
+        """Compressed tokens of one frame."""
+        return self.long_grid[0] * self.long_grid[1]
+
+    def context_tokens(self, num_frames: int) -> int:
+        """Tokens of a training sequence of ``num_frames`` frames (class token excluded)."""
+        full = num_frames if self.short_window is None else min(num_frames, self.short_window)
+        return full * self.tokens_per_frame + (num_frames - full) * self.long_tokens_per_frame

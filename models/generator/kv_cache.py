@@ -2,7 +2,8 @@
 
 Rows are appended in order and never rewritten: a decoding step writes the keys and values of the
 group it predicts, whose *inputs* are already committed tokens (the previous group's), so those
-entries are final the moment they are computed; nothing is speculative. ``keep`` may evict rows
+entries are final the moment they are computed. (FAR's noisy frame is the one exception: its ODE
+steps read the cache and are then rolled back with ``truncate``.) ``keep`` may evict rows
 that no later query can see (bounded context); attention does not care where a row sits, since
 positions come from RoPE coordinates, not from cache slots.
 """
@@ -58,6 +59,13 @@ class KVCache:
         self.keys[:, :, :, :n] = self.keys[:, :, :, rows]
         self.values[:, :, :, :n] = self.values[:, :, :, rows]
         self.length = n
+
+    def truncate(self, length: int) -> None:
+        """Forget the rows from ``length`` on: a chunk run only for its outputs is rolled back and
+        the next write overwrites its rows."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache holding {self.length} rows to {length}")
+        self.length = length
 
     def reset(self) -> None:
         """Forget every position (the buffers are reused)."""

@@ -22,6 +22,7 @@ from models.generator.attention import (
     Backend,
     GroupMask,
     build_group_mask,
+    combine_visibility,
     decode_attention,
     dense_group_mask,
     masked_attention,
@@ -223,6 +224,8 @@ class Generator(nn.Module):
         visibility: optional (B or 1, L, K) bool over predicting positions, False hiding key k
         from query l on top of the group-causal rule (frame masks, bounded context); K = L
         without a cache, else the predicting rows in the cache once this chunk is written.
+        A float visibility is an additive bias on the attention scores instead (-inf hides;
+        FlexRoPE's temporal decay), always through the dense mask.
         logits_at: optional (M,) long positions of the chunk whose logits are wanted (instead of
         ``logits_from``): positions that only feed others (e.g. context with no target) skip the
         costly head. Logits are then (B, M, V).
@@ -241,7 +244,8 @@ class Generator(nn.Module):
             groups = with_prefix(groups, NUM_PREFIX)
         prefix = x.shape[1] - L  # P in the first chunk, else 0
         if visibility is not None:  # the class token sees, and is seen by, everything
-            visibility = F.pad(visibility.to(x.device), (NUM_PREFIX, 0, prefix, 0), value=True)
+            seen = True if visibility.dtype == torch.bool else 0.0  # no bias on the class token
+            visibility = F.pad(visibility.to(x.device), (NUM_PREFIX, 0, prefix, 0), value=seen)
 
         if cache is None:
             if start != 0:
@@ -256,7 +260,7 @@ class Generator(nn.Module):
                 # Cached keys are committed groups, all visible: mask only inside the chunk.
                 dense = F.pad(dense_group_mask(groups, groups), (offset, 0), value=True)
                 mask = GroupMask(
-                    dense=dense if visibility is None else (dense & visibility)[:, None]
+                    dense=dense if visibility is None else combine_visibility(dense, visibility)
                 )
             else:
                 mask = None

@@ -23,6 +23,7 @@ _SUBMODULE_OF = {
     "psnr": "metrics",
     "ssim": "metrics",
     "MultiScaleFSQ": "multiscale",
+    "ScaleStatistics": "multiscale",
     "scale_shapes": "multiscale",
     "PerceptualLoss": "perceptual",
     "build_perceptual_loss": "perceptual",

@@ -22,12 +22,33 @@ UpsampleMode = Literal["bilinear", "bicubic", "nearest"]
 def default_scale_gains(scales: Sequence[int]) -> list[float]:
     """Per-scale gains sqrt(s_k / s_0): doubling a scale's side multiplies its gain by sqrt(2).
 
+    The fixed gains of an uncalibrated quantizer, and the starting point of a calibrated one.
+
     A gain trades range for resolution: scale k's codes cover +-1/g_k in steps of 1/(g_k L/2).
     Too small and fine residuals round to the zero code; too large and they saturate and the
     last scale's error stays. On synthetic latents with 1/f-like spectra, sqrt growth was near
     the lowest final error for both (1, 2, 4, 8, 16) and VAR's ten scales, where 2**k saturated.
     """
     return [math.sqrt(s / scales[0]) for s in scales]
+
+
+def check_quantizer(
+    levels: Sequence[int], scales: Sequence[int] | None = None, gains: Sequence[float] | None = None
+) -> None:
+    """Raise ValueError naming the value when FSQ levels, residual scales or gains cannot work.
+
+    The quantizers check their arguments with this too; the config checks without building one,
+    so that validating a config does not import torch.
+    """
+    if len(levels) == 0 or any(int(level) < 2 for level in levels):
+        raise ValueError(f"FSQ levels {list(levels)}: need at least one level, each >= 2")
+    if scales is None:
+        return
+    if len(scales) == 0 or any(int(s) < 1 for s in scales) or list(scales) != sorted(scales):
+        raise ValueError(f"scales {list(scales)}: need positive sides in increasing order")
+    gains = default_scale_gains(scales) if gains is None else list(gains)
+    if len(gains) != len(scales) or any(g <= 0 for g in gains):
+        raise ValueError(f"scale gains {gains}: need one positive gain per scale ({len(scales)})")
 
 
 class DiscriminatorConfig(BaseModel):
@@ -78,7 +99,13 @@ class TokenizerConfig(BaseModel):
     # (e.g. [1, 2, 4, 8, 16] for a 16x16 latent); see multiscale.scale_shapes for other sizes.
     scales: list[int] | None = None
     # Gain applied to each scale's residual before rounding; None: sqrt(s_k / s_0), see multiscale.py.
+    # With calibrate_gains these are the starting gains, and a saved tokenizer's config holds the
+    # calibrated ones (the generator rebuilds tokens from them).
     scale_gains: list[float] | None = None
+    # Follow each scale's residual RMS during training (frozen in eval): the grid's ends sit
+    # gain_range_rms RMS out. False: the gains stay as given.
+    calibrate_gains: bool = True
+    gain_range_rms: float = Field(2.0, gt=0)
     upsample_mode: UpsampleMode = "bilinear"
 
     @model_validator(mode="after")
@@ -107,7 +134,7 @@ class TokenizerConfig(BaseModel):
         if self.scales is not None and self.scale_gains is None:
             # Written out so that a saved config.json pins the gains: tokens mean nothing without them.
             self.scale_gains = default_scale_gains(self.scales)
-        self.make_quantizer()  # validates levels, scales and gains
+        check_quantizer(self.levels, self.scales, self.scale_gains)
         return self
 
     @property
@@ -164,7 +191,19 @@ class TokenizerConfig(BaseModel):
 
         if self.scales is None:
             return FSQ(self.levels)
-        return MultiScaleFSQ(self.levels, self.scales, self.scale_gains, self.upsample_mode)
+        return MultiScaleFSQ(
+            self.levels,
+            self.scales,
+            self.scale_gains,
+            self.upsample_mode,
+            calibrate=self.calibrate_gains,
+            range_rms=self.gain_range_rms,
+        )
+
+    def full_pyramid_side(self) -> int | None:
+        """Smallest square side in pixels whose latent keeps every scale on its own grid
+        (finest scale = latent side); None for single-scale FSQ, which has no pyramid."""
+        return None if self.scales is None else self.scales[-1] * self.spatial_factor
 
 
 def _nearby(size: int, step: int, offset: int) -> str:

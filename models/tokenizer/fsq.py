@@ -5,6 +5,10 @@ Channel i has L_i levels. A value is first bounded with `tanh(z + shift) * half_
 straight-through gradient, then divided by `L_i // 2` so every code lies in [-1, 1]. The code
 book is the product grid: prod(L_i) codes (8,8,8,5,5,5 -> 64,000), no learned parameters, so a
 code's index and its vector convert both ways with mixed-radix arithmetic.
+
+`round_to_grid` is the same grid without the tanh bound (clamp, then round): the multi-scale
+quantizer uses it for residuals that a gain has already scaled, where a second tanh would shrink
+every value by its slope (~0.86 at zero on 8 levels) and recover only part of each residual.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from models.tokenizer.config import check_quantizer
 
 # Squeeze the tanh range a hair so that `round` never lands on L_i itself at saturation.
 _BOUND_EPS = 1e-3
@@ -29,8 +35,7 @@ class FSQ(nn.Module):
 
     def __init__(self, levels: Sequence[int]):
         super().__init__()
-        if len(levels) == 0 or any(int(level) < 2 for level in levels):
-            raise ValueError(f"FSQ levels {list(levels)}: need at least one level, each >= 2")
+        check_quantizer(levels)
         self.levels = tuple(int(level) for level in levels)
         levels_t = torch.tensor(self.levels, dtype=torch.float32)
         # Mixed-radix place values: index = sum_i digit_i * prod_{j<i} L_j.
@@ -46,9 +51,11 @@ class FSQ(nn.Module):
         self.register_buffer("_half_l", half_l, persistent=False)
         self.register_buffer("_offset", offset, persistent=False)
         self.register_buffer("_shift", shift, persistent=False)
-        self.register_buffer(
-            "_half_width", torch.div(levels_t, 2, rounding_mode="floor"), persistent=False
-        )
+        half_width = torch.div(levels_t, 2, rounding_mode="floor")
+        self.register_buffer("_half_width", half_width, persistent=False)
+        # The grid's end digits: {-L/2, ..., L/2 - 1} for even L, {-(L-1)/2, ..., (L-1)/2} odd.
+        self.register_buffer("_low_digit", -half_width, persistent=False)
+        self.register_buffer("_high_digit", levels_t - 1 - half_width, persistent=False)
 
     @property
     def dim(self) -> int:
@@ -72,6 +79,23 @@ class FSQ(nn.Module):
         """Quantize (..., D) to codes in [-1, 1] with a straight-through gradient."""
         # Always in float32: rounding bf16 values would put them on the wrong grid point.
         return round_ste(self.bound(z.float())) / self._half_width
+
+    def round_to_grid(self, x: Tensor) -> Tensor:
+        """Codes (..., D) nearest to x in code units, clamped to the grid's ends; gradient
+        straight through (no tanh: a linear grid)."""
+        # Gradient 1 up to half a step beyond the ends (where the value still rounds onto the
+        # grid), 0 beyond: a clamped value does not move with its input.
+        scaled = torch.clamp(
+            x.float() * self._half_width, self._low_digit - 0.5, self._high_digit + 0.5
+        )
+        digits = torch.clamp(torch.round(scaled), self._low_digit, self._high_digit)
+        return (scaled + (digits - scaled).detach()) / self._half_width
+
+    def saturated(self, x: Tensor) -> Tensor:
+        """True where x (..., D) in code units lies over half a step beyond the grid's ends, so
+        `round_to_grid` clamps it (the part beyond is lost to this scale)."""
+        digits = x.float() * self._half_width
+        return (digits < self._low_digit - 0.5) | (digits > self._high_digit + 0.5)
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """Codes (..., D) on the grid -> indices (...) in [0, codebook_size)."""

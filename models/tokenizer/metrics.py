@@ -75,6 +75,8 @@ def code_usage(
     under "<name>/scale<k>".
 
     usage: distinct codes / vocab_size (a batch of N tokens can reach at most N / vocab_size);
+    usage_of_ceiling: distinct codes / min(N, vocab_size), against what this batch could reach
+    (a 1x1 scale over 16 frames has a ceiling of 16 codes, not 64,000);
     perplexity: exp(entropy) of the empirical code distribution, the effective number of codes;
     zero_fraction (if zero_index is given): share of tokens on the all-zeros code, which is
     where a residual scale whose gain is too small collapses.
@@ -93,8 +95,10 @@ def code_usage(
     counts = torch.bincount(flat, minlength=vocab_size).float()
     probs = counts / counts.sum().clamp_min(1.0)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    distinct = (counts > 0).float().sum()
     stats = {
-        "code_usage": (counts > 0).float().sum() / vocab_size,
+        "code_usage": distinct / vocab_size,
+        "code_usage_of_ceiling": distinct / max(1, min(flat.numel(), vocab_size)),
         "code_perplexity": entropy.exp(),
     }
     if zero_index is not None:

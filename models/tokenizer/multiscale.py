@@ -4,14 +4,21 @@ For each latent frame, with the continuous latent `y` (code units, see `FSQ.cont
 `acc = 0`, scale k (from coarse to fine) does:
 
     r_k   = area_down(y - acc, shape_k)          # what the coarser scales missed
-    code  = FSQ(gain_k * r_k)                    # -> indices_k, codes in [-1, 1]
+    code  = round_to_grid(gain_k * r_k)          # clamp + round on FSQ's grid -> indices_k
     acc  += up(code / gain_k, latent shape)      # accumulate in latent units
 
+The residual goes onto FSQ's grid linearly: `y` is already bounded by FSQ's tanh once, and a
+second tanh on the gained residual would recover only ~86% of it per scale (its slope at zero).
+
 FSQ's grid is bounded and coarse (steps of 1/4 or 1/2 in code units), while residuals shrink
-scale by scale; without `gain_k` the fine scales would round to zero and add nothing. The gains
-are fixed numbers from the config, and the path holds no learned layer (unlike VAR's refining
-conv), so `accumulate` and `next_scale_inputs` rebuild everything from indices and the config
-alone: the generator needs no tokenizer weights.
+scale by scale, so each scale has its own gain. A fixed gain fits one latent amplitude only (the
+encoder sets the amplitude freely), so with `calibrate` the gains follow the residuals: every
+training forward folds each scale's residual RMS into a running average (like BatchNorm's running
+statistics) and sets gain_k = 1 / (range_rms * rms_k), so the grid's ends sit `range_rms` RMS out
+(2 had the lowest error on synthetic 1/f latents of every amplitude tried); eval mode freezes them.
+The gains are a buffer (saved with the weights) and the tokenizer writes them into its config, so
+`accumulate` and `next_scale_inputs` still rebuild everything from indices and the config alone:
+the generator needs no tokenizer weights.
 
 Upsampling is bilinear by default: smooth, so a coarse scale does not paint block edges that the
 next scale must then spend codes undoing (as "nearest" does), and without bicubic's ringing
@@ -23,13 +30,14 @@ generator, like the gains.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.tokenizer.config import UpsampleMode, default_scale_gains
+from models.tokenizer.config import UpsampleMode, check_quantizer, default_scale_gains
 from models.tokenizer.fsq import FSQ
 
 
@@ -64,8 +72,25 @@ def upsample(x: Tensor, size: tuple[int, int], mode: UpsampleMode) -> Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
+# Weight of the newest batch in the running residual RMS: ~20 steps of memory, enough to follow
+# the encoder's amplitude while it moves early in training.
+GAIN_MOMENTUM = 0.95
+# Floor of the running RMS, so a scale with nothing left to code does not get an infinite gain.
+_MIN_RMS = 1e-4
+
+
+@dataclass(frozen=True)
+class ScaleStatistics:
+    """Per-scale health of one quantization pass; every tensor is (K,), scale k at index k."""
+
+    residual_rms: Tensor  # RMS of the residual scale k quantizes (before its gain)
+    saturation: Tensor  # share of scale k's digits clamped at the grid's ends
+    latent_mse: Tensor  # MSE of the accumulated latent against the continuous one after scale k
+
+
 class MultiScaleFSQ(nn.Module):
-    """Residual FSQ over a coarse-to-fine pyramid of each latent frame; holds no weights."""
+    """Residual FSQ over a coarse-to-fine pyramid of each latent frame; its only state is the
+    per-scale gains (and their running residual RMS), no learned weights."""
 
     def __init__(
         self,
@@ -73,19 +98,32 @@ class MultiScaleFSQ(nn.Module):
         scales: Sequence[int],
         gains: Sequence[float] | None = None,
         upsample_mode: UpsampleMode = "bilinear",
+        calibrate: bool = False,
+        range_rms: float = 2.0,
     ):
         super().__init__()
-        if len(scales) == 0 or any(int(s) < 1 for s in scales) or list(scales) != sorted(scales):
-            raise ValueError(f"scales {list(scales)}: need positive sides in increasing order")
+        check_quantizer(levels, scales, gains)
         gains = default_scale_gains(scales) if gains is None else list(gains)
-        if len(gains) != len(scales) or any(g <= 0 for g in gains):
-            raise ValueError(
-                f"scale gains {gains}: need one positive gain per scale ({len(scales)})"
-            )
+        if range_rms <= 0:
+            raise ValueError(f"range_rms={range_rms}: must be positive")
         self.fsq = FSQ(levels)
         self.scales = tuple(int(s) for s in scales)
-        self.gains = tuple(float(g) for g in gains)
         self.upsample_mode: UpsampleMode = upsample_mode
+        self.calibrate = calibrate
+        self.range_rms = float(range_rms)
+        # Calibrated gains define what every token means, so they travel with the weights; fixed
+        # ones are a function of the config (and the generator's copy adds nothing to its state).
+        gains_t = torch.tensor(gains, dtype=torch.float32)
+        self.register_buffer("gains", gains_t, persistent=calibrate)
+        self.register_buffer("residual_rms", 1.0 / (self.range_rms * gains_t), persistent=calibrate)
+        self.register_buffer(
+            "observed_batches", torch.zeros(1, dtype=torch.long), persistent=calibrate
+        )
+
+    def gain_values(self) -> list[float]:
+        """The gains as Python floats (exactly the float32 buffer, so a config holding them
+        rebuilds the same quantizer bit for bit)."""
+        return [float(g) for g in self.gains.tolist()]
 
     @property
     def num_scales(self) -> int:
@@ -111,14 +149,18 @@ class MultiScaleFSQ(nn.Module):
         quantized and continuous are (B, D, t, h, w) in code units; indices[k] is
         (B, t, h_k, w_k). The gradient of `quantized` passes straight through to `continuous`.
         """
-        y = rearrange(
-            self.fsq.continuous(rearrange(z, "b d t h w -> b t h w d")), "b t h w d -> b d t h w"
-        )
+        y = self.continuous(z)
         with torch.no_grad():
             accumulated, indices = self.quantize_residual(y)
         # Value exactly `accumulated` (adding an exact 0), gradient identity to y.
         quantized = accumulated + (y - y.detach())
         return quantized, y, indices
+
+    def continuous(self, z: Tensor) -> Tensor:
+        """Encoder output (B, D, t, h, w) -> the bounded latent in code units, same shape."""
+        return rearrange(
+            self.fsq.continuous(rearrange(z, "b d t h w -> b t h w d")), "b t h w d -> b d t h w"
+        )
 
     def quantize_residual(
         self, continuous: Tensor, accumulated: Tensor | None = None, start_scale: int = 0
@@ -129,6 +171,36 @@ class MultiScaleFSQ(nn.Module):
         Starting from a corrupted accumulation recomputes the later targets against it (the
         error-correction trick of VideoAR / Infinity).
         """
+        accumulated, indices, _ = self._residual_pass(continuous, accumulated, start_scale)
+        return accumulated, indices
+
+    @torch.no_grad()
+    def statistics(self, continuous: Tensor) -> ScaleStatistics:
+        """Per-scale residual RMS, saturation and latent error of quantizing `continuous`."""
+        return self._residual_pass(continuous, None, 0, measure=True)[2]
+
+    @torch.no_grad()
+    def observe(self, continuous: Tensor) -> ScaleStatistics:
+        """Fold this batch's per-scale residual RMS into the running average and, when
+        calibrating, move the gains to it; returns the batch's statistics (measured with the
+        gains it was quantized with). The training forward calls it; eval never does."""
+        stats = self.statistics(continuous)
+        first = int(self.observed_batches.item()) == 0
+        momentum = 0.0 if first else GAIN_MOMENTUM
+        self.residual_rms.mul_(momentum).add_((1 - momentum) * stats.residual_rms)
+        self.observed_batches.add_(1)
+        if self.calibrate:
+            self.gains.copy_(1.0 / (self.range_rms * self.residual_rms.clamp_min(_MIN_RMS)))
+        return stats
+
+    def _residual_pass(
+        self,
+        continuous: Tensor,
+        accumulated: Tensor | None,
+        start_scale: int,
+        measure: bool = False,
+    ) -> tuple[Tensor, list[Tensor], ScaleStatistics | None]:
+        """The one residual loop behind quantize_residual and statistics."""
         b, _, t, h, w = continuous.shape
         y = rearrange(continuous.float(), "b d t h w -> (b t) d h w")
         acc = (
@@ -136,14 +208,22 @@ class MultiScaleFSQ(nn.Module):
             if accumulated is None
             else rearrange(accumulated.float(), "b d t h w -> (b t) d h w")
         )
-        indices = []
+        indices, rms, saturation, mse = [], [], [], []
         for k in range(start_scale, self.num_scales):
             shape_k = self.scale_shapes(h, w)[k]
             residual = area_downsample(y - acc, shape_k)  # (b t, d, h_k, w_k)
-            codes = self.fsq(self.gains[k] * rearrange(residual, "n d h w -> n h w d"))
+            gained = self.gains[k] * rearrange(residual, "n d h w -> n h w d")
+            codes = self.fsq.round_to_grid(gained)
             indices.append(rearrange(self.fsq.codes_to_indices(codes), "(b t) h w -> b t h w", b=b))
             acc = acc + self._upsampled_scale(codes, k, (h, w))
-        return rearrange(acc, "(b t) d h w -> b d t h w", b=b, t=t), indices
+            if measure:
+                rms.append(residual.pow(2).mean().sqrt())
+                saturation.append(self.fsq.saturated(gained).float().mean())
+                mse.append((acc - y).pow(2).mean())
+        stats = None
+        if measure:
+            stats = ScaleStatistics(torch.stack(rms), torch.stack(saturation), torch.stack(mse))
+        return rearrange(acc, "(b t) d h w -> b d t h w", b=b, t=t), indices, stats
 
     def _upsampled_scale(self, codes: Tensor, k: int, size: tuple[int, int]) -> Tensor:
         """Codes (N, h_k, w_k, D) of scale k -> their contribution (N, D, h, w) in latent units."""

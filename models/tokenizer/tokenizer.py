@@ -45,7 +45,7 @@ class VideoTokenizer(nn.Module):
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        self.config = config
+        self._built_config = config
         self.quantizer = config.make_quantizer()
         latent_dim = len(config.levels)
         args = (
@@ -58,6 +58,21 @@ class VideoTokenizer(nn.Module):
         )
         self.encoder = Encoder(config.in_channels, *args)
         self.decoder = Decoder(config.in_channels, *args)
+
+    @property
+    def config(self) -> TokenizerConfig:
+        """The config this tokenizer was built from, holding the quantizer's current gains: what
+        a saved config.json pins, and what rebuilds its tokens from indices alone."""
+        if isinstance(self.quantizer, MultiScaleFSQ):
+            gains = self.quantizer.gain_values()
+            if gains != self._built_config.scale_gains:
+                return self._built_config.model_copy(update={"scale_gains": gains})
+        return self._built_config
+
+    @property
+    def built_config(self) -> TokenizerConfig:
+        """The config exactly as given to the constructor (a training run's identity)."""
+        return self._built_config
 
     @property
     def temporal_factor(self) -> int:
@@ -144,13 +159,28 @@ class VideoTokenizer(nn.Module):
         return self.decode(self.indices_to_latent(indices))
 
     def forward(self, video: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Video -> (reconstruction, aux) where aux holds detached quantizer statistics."""
+        """Video -> (reconstruction, aux) where aux holds detached quantizer statistics.
+
+        In training mode a calibrating multi-scale quantizer also moves its gains to this
+        batch's residuals (for the next step; this one used the gains it was quantized with).
+        """
         encoding = self.encode(video)
         reconstruction = self.decode(encoding.quantized)
         with torch.no_grad():
             aux = {"quantization_mse": (encoding.quantized - encoding.continuous).pow(2).mean()}
             zero = self.quantizer.zero_index()
             aux.update(code_usage(encoding.indices, self.vocab_size, zero_index=zero))
+            if isinstance(self.quantizer, MultiScaleFSQ):
+                quantizer = self.quantizer
+                stats = (
+                    quantizer.observe(encoding.continuous)
+                    if self.training
+                    else quantizer.statistics(encoding.continuous)
+                )
+                for k in range(quantizer.num_scales):
+                    aux[f"residual_rms/scale{k}"] = stats.residual_rms[k]
+                    aux[f"saturation/scale{k}"] = stats.saturation[k]
+                    aux[f"gain/scale{k}"] = quantizer.gains[k].clone()
         return reconstruction, aux
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from models.eval.fvd import ResizeMethod
+from models.eval.resize import ResizeMethod
 from tasks.config import StrictModel
 
 # StyleGAN-V's protocol, the one the papers arvid compares with report.
@@ -68,3 +68,46 @@ class FVDProtocol(StrictModel):
         }
         params["fvd_protocol.standard_size"] = str(self.is_standard_size).lower()
         return params
+
+
+class EvaluateConfig(StrictModel):
+    """What `arvid evaluate` measures for one registered generator, and how much of it."""
+
+    model: str | None = Field(
+        None,
+        description="models:/arvid-generator/N or models:/arvid-generator@alias; None: the newest "
+        "version of arvid-generator",
+    )
+    output_root: str = Field(
+        ".arvid/evaluations",
+        description="where evaluation units are published (an interrupted evaluation resumes)",
+    )
+    fvd: FVDProtocol = Field(
+        default_factory=lambda: FVDProtocol(real_videos=32, generated_videos=32),
+        description="FVD protocol; the demo uses fewer than the standard 2,048 videos per set",
+    )
+    i3d: I3DWeightsConfig = Field(default_factory=I3DWeightsConfig)
+    context_frames: int = Field(
+        1, ge=1, description="latent frames given as context for frame prediction"
+    )
+    frame_prediction: bool = Field(
+        True, description="also score frame prediction (PSNR/SSIM and FVD of predicted clips)"
+    )
+    cfg_scale: float | None = Field(
+        None, ge=0, description="classifier-free guidance for class-conditional samples (None: off)"
+    )
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, ge=1)
+    batch_size: int = Field(
+        8, ge=1, description="videos per work unit (sampled and scored together)"
+    )
+    num_actors: int | None = Field(
+        None, ge=1, description="Ray actors; None: one per GPU, else one per two CPU slots"
+    )
+    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs each actor reserves")
+    threads_per_actor: int = Field(1, ge=1, description="torch threads in each actor")
+    use_gpu: bool = Field(False, description="run the actors on GPUs (one each)")
+    sample_videos: int = Field(
+        8, ge=0, description="generated videos kept as mp4 artifacts and in the contact sheet"
+    )
+    progress: bool = Field(True, description="log progress as units finish")

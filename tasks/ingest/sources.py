@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -302,8 +302,13 @@ def _finish(
     return Discovery(source=source, kind=kind, inputs=unique, quarantine=quarantine)
 
 
+def source_kind(source: str) -> Literal["manifest", "prefix"]:
+    """How `source` is read: as a .jsonl/.csv manifest, or as a folder / s3:// prefix to scan."""
+    return "manifest" if source.lower().endswith(MANIFEST_EXTENSIONS) else "prefix"
+
+
 def discover_inputs(source: str, staging_dir: Path) -> Discovery:
     """Every input of `source`, sorted by key, plus what was rejected while listing it."""
-    if source.lower().endswith(MANIFEST_EXTENSIONS):
+    if source_kind(source) == "manifest":
         return discover_manifest(source)
     return discover_prefix(source, staging_dir)

@@ -26,6 +26,7 @@ from tasks.ingest.config import (
 )
 
 MANIFEST_NAME = "labels.jsonl"
+STAMP_NAME = ".made-by.json"  # the config that wrote the folder, written after everything else
 
 # Named colours so a caption can say what the video shows; each video jitters them a little.
 _PALETTE: dict[str, tuple[int, int, int]] = {
@@ -171,9 +172,21 @@ def make_synthetic_dataset(
     out_dir: str | Path,
     on_progress: ProgressCallback | None = None,
 ) -> SyntheticDatasetResult:
-    """Write `config.count` labelled mp4 videos and `labels.jsonl` into `out_dir`."""
+    """Write `config.count` labelled mp4 videos and `labels.jsonl` into `out_dir`.
+
+    A folder this config filled before (its stamp matches and every video is there) is kept as
+    it is: the videos are a pure function of the config, so re-rendering them would change nothing.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stamp = out / STAMP_NAME
+    config_text = config.model_dump_json()
+    made = _made_before(out, stamp, config_text)
+    if made is not None:
+        if on_progress is not None:
+            on_progress(config.count, config.count)
+        return made
+    stamp.unlink(missing_ok=True)  # a half-rewritten folder must not look finished
     videos: list[SyntheticVideo] = []
     for index in range(config.count):
         rendered = render_video(config, index)
@@ -205,6 +218,25 @@ def make_synthetic_dataset(
     ]
     manifest = out / MANIFEST_NAME
     _write_atomic(manifest, ("\n".join(rows) + "\n" if rows else "").encode())
+    _write_atomic(stamp, config_text.encode())  # last: the folder is complete
+    return SyntheticDatasetResult(out_dir=out, manifest_path=manifest, videos=videos)
+
+
+def _made_before(out: Path, stamp: Path, config_text: str) -> SyntheticDatasetResult | None:
+    """The result of an earlier run with the same config whose files are all still there."""
+    manifest = out / MANIFEST_NAME
+    if not (stamp.is_file() and manifest.is_file()) or stamp.read_text() != config_text:
+        return None
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    videos = [
+        SyntheticVideo(
+            path=out / row["path"], label=row["label"], label_id=row["label_id"],
+            caption=row["caption"],
+        )
+        for row in rows
+    ]  # fmt: skip
+    if not all(video.path.is_file() for video in videos):
+        return None
     return SyntheticDatasetResult(out_dir=out, manifest_path=manifest, videos=videos)
 
 

@@ -56,12 +56,20 @@ class StageCheckpoints:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         metadata: dict[str, Any] | None = None,
+        whole: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> str:
-        """Publish the checkpoint of `step`, then point latest.json at it; prune old ones."""
+        """Publish the checkpoint of `step`, then point latest.json at it; prune old ones.
+
+        `whole`: (weights, optimizer state) gathered from a sharded model, saved instead of the
+        module's and optimizer's own (which hold one shard).
+        """
+        weights, optimizer_state = whole or (generator_state(module), optimizer.state_dict())
         buffer = io.BytesIO()
-        torch.save(optimizer.state_dict(), buffer)
+        torch.save(optimizer_state, buffer)
         files = {
-            WEIGHTS_FILE: save_safetensors(generator_state(module)),
+            WEIGHTS_FILE: save_safetensors(
+                {name: t.detach().contiguous().cpu() for name, t in weights.items()}
+            ),
             CONFIG_FILE: generator_config_json(module, {"step": step, **(metadata or {})}).encode(),
             OPTIMIZER_STATE: buffer.getvalue(),
         }
@@ -78,11 +86,17 @@ class StageCheckpoints:
         _, files = StageCheckpoints._files(uri)
         return load_safetensors(files[WEIGHTS_FILE])
 
+    def read(self, uri: str) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+        """(step, weights, optimizer state) of a checkpoint, verified, as whole tensors."""
+        step, files = self._files(uri)
+        optimizer_state = torch.load(
+            io.BytesIO(files[OPTIMIZER_STATE]), map_location="cpu", weights_only=True
+        )
+        return step, load_safetensors(files[WEIGHTS_FILE]), optimizer_state
+
     def restore(self, uri: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Load weights and optimizer state of a checkpoint into `module`/`optimizer`; its step."""
-        step, files = self._files(uri)
-        module.load_state_dict(load_safetensors(files[WEIGHTS_FILE]))
-        optimizer.load_state_dict(
-            torch.load(io.BytesIO(files[OPTIMIZER_STATE]), map_location="cpu", weights_only=True)
-        )
+        step, weights, optimizer_state = self.read(uri)
+        module.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
         return step

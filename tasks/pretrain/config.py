@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from models.generator.config import (
     ErrorCorrectionConfig,
+    FARConfig,
     FrameMaskConfig,
     GeneratorConfig,
     LongContextConfig,
@@ -17,7 +18,7 @@ from models.generator.config import (
 )
 from tasks.config import StrictModel
 
-ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale"]
+ScheduleName = Literal["ntp", "nbp", "par", "frame", "next_scale", "far"]
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -29,7 +30,7 @@ def _tiny_generator() -> GeneratorConfig:
 class StageConfig(StrictModel):
     """One stage: a clip shape, a generation schedule, a budget and its optimisation."""
 
-    name: str = Field(description="folder-safe name, unique in the run (e.g. 32px-9f)")
+    name: str = Field(description="folder-safe name, unique in the run (e.g. 64px-9f)")
     resolution: int = Field(ge=8, description="square side in pixels the clips are tokenized at")
     frames: int = Field(ge=1, description="frames per clip (1 + temporal_factor·n)")
     schedule: ScheduleName = "ntp"
@@ -38,6 +39,15 @@ class StageConfig(StrictModel):
     steps: int | None = Field(None, ge=1, description="optimizer steps; or give token_budget")
     token_budget: int | None = Field(
         None, ge=1, description="target tokens to train on; steps = ceil(budget / tokens per step)"
+    )
+    # Excluded from dumps: how long a stage may run is not what it learns, so it stays out of
+    # the run key (and a stage stopped by it resumes with a fresh budget when run again).
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="wall-time cap of the stage's training loop; it ends at its steps or here, "
+        "whichever comes first, with the lr schedule over whichever binds first",
     )
     batch_size: int = Field(8, ge=1, description="clips per step across all workers")
     lr: float = Field(1e-3, gt=0)
@@ -50,6 +60,8 @@ class StageConfig(StrictModel):
     error_correction: ErrorCorrectionConfig = Field(default_factory=ErrorCorrectionConfig)
     frame_mask: FrameMaskConfig = Field(default_factory=FrameMaskConfig)
     long_context: LongContextConfig = Field(default_factory=LongContextConfig)
+    # FAR's switches (far only); latent_dim and latent_hw are taken from the tokenizer.
+    far: FARConfig = Field(default_factory=FARConfig)
 
     @field_validator("name")
     @classmethod
@@ -77,12 +89,20 @@ class StageConfig(StrictModel):
                     f"stage {self.name!r}: {', '.join(used)} are VideoAR switches; they need "
                     f"schedule next_scale, not {self.schedule}"
                 )
+        if self.schedule != "far" and "far" in self.model_fields_set:
+            raise ValueError(
+                f"stage {self.name!r}: far holds FAR's switches; they need schedule far, not "
+                f"{self.schedule}"
+            )
         return self
 
     @property
     def needs_latents(self) -> bool:
-        """True when training re-quantizes from the tokenizer's continuous latents (Infinity-style
-        error correction), so its tokens must be stored with them."""
+        """True when training reads the tokenizer's continuous latents (FAR trains on them;
+        Infinity-style error correction re-quantizes from them), so its tokens must be stored
+        with them."""
+        if self.schedule == "far":
+            return True
         correction = self.error_correction
         return (
             self.schedule == "next_scale" and correction.enabled and correction.mode == "infinity"
@@ -90,8 +110,10 @@ class StageConfig(StrictModel):
 
     def schedule_config(self) -> ScheduleConfig:
         """The token schedule of a single-scale stage."""
-        if self.schedule == "next_scale":
-            raise ValueError(f"stage {self.name!r}: next_scale is built by VideoAR, not a schedule")
+        if self.schedule in ("next_scale", "far"):
+            raise ValueError(
+                f"stage {self.name!r}: {self.schedule} is built by its own model, not a schedule"
+            )
         return ScheduleConfig(name=self.schedule, block=self.block, regions=self.regions)
 
     def total_steps(self, tokens_per_clip: int) -> int:
@@ -129,6 +151,11 @@ class PretrainConfig(StrictModel):
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="cross-entropy this many rows at a time (never the full logits)"
     )
+    fsdp: bool = Field(
+        False,
+        description="shard weights, gradients and AdamW state over the workers (FSDP2) instead "
+        "of a full copy on each (DDP); checkpoints stay whole either way",
+    )
     checkpoint_dir: str = ".arvid/checkpoints/generator"
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -153,4 +180,9 @@ class PretrainConfig(StrictModel):
                     f"stages[{index}] ({stage.name}): batch_size={stage.batch_size} does not split "
                     f"over num_workers={self.num_workers}; use a multiple of {self.num_workers}"
                 )
+        if self.fsdp and self.loss_chunk_rows is not None:
+            raise ValueError(
+                "fsdp with loss_chunk_rows: the chunked loss reads the output head's whole "
+                "weight, which FSDP shards — use one of them"
+            )
         return self

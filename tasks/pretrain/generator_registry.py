@@ -1,6 +1,6 @@
 """Load a trained generator by registry alias, version, run URI, storage URI or local folder.
 
-    load_generator("models:/arvid-generator@champion")     # a VideoAR for next_scale models
+    load_generator("models:/arvid-generator@champion")     # a VideoAR (next_scale) or FAR (far)
     load_generator("models:/arvid-generator/2")
     load_generator(".arvid/checkpoints/generator/<run>/01-64px-17f/step-00000060")
 
@@ -26,7 +26,7 @@ def load_generator(
     device: str | torch.device = "cpu",
     tracking_config: TrackingConfig | None = None,
 ) -> nn.Module:
-    """A ready (eval-mode) Generator, or VideoAR for a next-scale model, from `reference`.
+    """A ready (eval-mode) Generator, VideoAR (next-scale) or FAR (far) model from `reference`.
 
     An arvid model of another kind (a tokenizer) is refused with ModelKindError.
     """

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.generator.chunked_loss import chunked_cross_entropy
-from models.generator.config import GeneratorConfig, VideoARConfig
+from models.generator.config import FARConfig, GeneratorConfig, VideoARConfig
+from models.generator.far import FAR
 from models.generator.persist import build_generator, unwrap_generator
 from models.generator.schedules import Schedule, build_schedule
 from models.generator.transformer import Generator
@@ -31,8 +32,10 @@ from tasks import storage
 from tasks.pretrain.batch_plan import BatchPlan
 from tasks.pretrain.checkpoints import StageCheckpoints
 from tasks.pretrain.config import StageConfig
+from tasks.pretrain.sharding import full_state, load_full_optimizer_state, scalar, shard_model
 from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
+from tasks.train.budget import TimeBudget, schedule_progress
 from tasks.train.events import MetricsEvent
 from tasks.train.worker import WorkerContext
 
@@ -54,6 +57,7 @@ class TrainOptions:
     compile_blocks: bool = False  # torch.compile each transformer block
     activation_checkpointing: bool = False  # recompute block activations in backward
     loss_chunk_rows: int | None = None  # cross-entropy this many rows at a time (chunked_loss.py)
+    fsdp: bool = False  # FSDP2 instead of DDP when distributed (sharding.py)
     flops_per_token: float | None = None  # with a peak: tokens/s -> MFU in the step metrics
     peak_flops: float | None = None
 
@@ -72,6 +76,7 @@ class StageSpec:
     seed: int
     options: TrainOptions
     storage: StorageSettings
+    far: FARConfig | None = None  # the latent layout and switches of far stages
 
 
 @dataclass
@@ -81,19 +86,22 @@ class StageResult:
     steps: int
     resumed_from_step: int
     final_checkpoint: str
-    train_bits: float
+    train_bits: float  # the stage's loss metric: bits/token, or the flow-matching MSE for far
     val_bits: float | None
     tokens_per_s: float
     seconds: float
 
 
-def learning_rate(stage: StageConfig, step: int, total: int) -> float:
-    """lr at `step` of `total`: linear warm-up, then cosine, linear or constant to min_lr_ratio."""
+def learning_rate(stage: StageConfig, step: int, total: int, time_fraction: float = 0.0) -> float:
+    """lr at `step` of `total`: linear warm-up, then cosine, linear or constant to min_lr_ratio
+    over whichever binds first, the steps or the stage's time budget (`time_fraction` spent)."""
     if stage.warmup_steps and step < stage.warmup_steps:
         return stage.lr * (step + 1) / stage.warmup_steps
     if stage.decay == "constant" or total <= stage.warmup_steps:
         return stage.lr
-    progress = min(1.0, (step - stage.warmup_steps) / max(1, total - stage.warmup_steps))
+    progress = schedule_progress(
+        step - stage.warmup_steps, total - stage.warmup_steps, time_fraction
+    )
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if stage.decay == "cosine" else 1 - progress
     return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * shape)
 
@@ -126,7 +134,7 @@ class StageModel:
                     "long_context": spec.stage.long_context,
                 }
             )
-        self.module = build_generator(spec.model, videoar)
+        self.module = build_generator(spec.model, videoar, spec.far)
         generator, _ = unwrap_generator(self.module)
         self.generator: Generator = generator
         generator.checkpoint_blocks = spec.options.activation_checkpointing
@@ -134,13 +142,28 @@ class StageModel:
             for block in generator.blocks:
                 block.compile()
         self.schedule: Schedule | None = None
-        if spec.videoar is None:
+        if spec.videoar is None and spec.far is None:
             t, h, w = spec.train.scales[0].shape[1:]
             self.schedule = build_schedule(spec.stage.schedule_config(), (t, h, w))
             self.schedule.check_learned_inputs(spec.model.max_learned_inputs)
 
+    @property
+    def metric(self) -> str:
+        """What the loss is reported as: FAR's flow-matching error is no cross-entropy."""
+        return "flow_mse" if isinstance(self.module, FAR) else "bits_per_token"
+
+    def to_metric(self, loss: float) -> float:
+        """A mean loss (nats, or FAR's squared error) in the unit of ``metric``."""
+        return loss if isinstance(self.module, FAR) else loss / math.log(2.0)
+
     def batch(self, clips: TokenClips, rows: np.ndarray, device: torch.device) -> Batch:
         """The given clip numbers as tensors on `device`."""
+        if self.spec.far is not None and clips.continuous is None:
+            raise ValueError(
+                f"stage {self.spec.stage.name!r}: schedule far trains on the tokenizer's "
+                "continuous latents, but these token shards hold none — tokenize with "
+                "tokenize.latents=true (the pretrain flow asks for it on far stages)"
+            )
         continuous = None
         if clips.continuous is not None:
             continuous = torch.from_numpy(clips.continuous[rows]).to(device)
@@ -152,6 +175,8 @@ class StageModel:
 
     def loss(self, wrapped: nn.Module, batch: Batch, perturb: bool) -> torch.Tensor:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
+        if isinstance(self.module, FAR):  # flow matching: the mean squared velocity error
+            return wrapped(batch.continuous, batch.labels, clean_context=perturb)
         chunk_rows = self.spec.options.loss_chunk_rows
         hidden = chunk_rows is not None  # the head is applied here, a chunk of rows at a time
         if isinstance(self.module, VideoAR):
@@ -176,20 +201,24 @@ class StageModel:
 
 @torch.no_grad()
 def validate(model: StageModel, clips: TokenClips, device: torch.device, batch_size: int) -> float:
-    """Held-out bits per token over every clip of `clips` (eval mode: no dropout, no perturbation)."""
+    """Held-out loss over every clip of `clips` in the unit of ``model.metric`` (eval mode: no
+    dropout, no perturbation)."""
     module = model.module
     was_training = module.training
     module.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, len(clips), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(clips)))
-            nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
-            total += float(nats) * len(rows)
-            count += len(rows)
+        # FAR's loss draws noise and time steps: the same draws at every validation, every rank.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for start in range(0, len(clips), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(clips)))
+                nats = model.loss(module, model.batch(clips, rows, device), perturb=False)
+                total += float(nats) * len(rows)
+                count += len(rows)
     finally:
         module.train(was_training)
-    return total / count / math.log(2.0)
+    return model.to_metric(total / count)
 
 
 def _validate_all(model: StageModel, spec: StageSpec, worker: WorkerContext) -> float:
@@ -209,27 +238,32 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     model = StageModel(spec)
     module = model.module
     checkpoints = StageCheckpoints(spec.run_dir, keep=options.keep_checkpoints)
-    optimizer = torch.optim.AdamW(
-        module.parameters(),
-        lr=spec.stage.lr,
-        weight_decay=spec.stage.weight_decay,
-        fused=worker.device.type == "cuda",
-    )
-    start = 0
+    fsdp = options.fsdp and worker.distributed
+    start, optimizer_state = 0, None
     latest = checkpoints.latest()
     if latest is not None:
-        start = checkpoints.restore(latest, module, optimizer)
+        start, weights, optimizer_state = checkpoints.read(latest)
+        module.load_state_dict(weights)
         log.info("rank %d: resuming %s at step %d", worker.rank, spec.stage.name, start)
     elif spec.init_from is not None:
         inherited = StageCheckpoints.load_weights(spec.init_from)
         module.load_state_dict(inherited)  # positions are coordinates: any grid loads
         log.info("rank %d: %s starts from %s", worker.rank, spec.stage.name, spec.init_from)
     module.to(worker.device)
-    for state in optimizer.state.values():  # restored on the CPU: follow the parameters
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(worker.device)
-    wrapped = worker.wrap(module)
+    if fsdp:  # before the optimizer: it must hold the sharded parameters
+        shard_model(module, model.generator)
+    optimizer = torch.optim.AdamW(
+        module.parameters(),
+        lr=spec.stage.lr,
+        weight_decay=spec.stage.weight_decay,
+        fused=worker.device.type == "cuda",
+    )
+    if optimizer_state is not None:
+        if fsdp:
+            load_full_optimizer_state(module, optimizer, optimizer_state)
+        else:  # load_state_dict moves the state to each parameter's device
+            optimizer.load_state_dict(optimizer_state)
+    wrapped = module if fsdp else worker.wrap(module)
     total = spec.stage.total_steps(spec.train.tokens_per_clip)
     plan = BatchPlan(len(spec.train), spec.stage.batch_size, worker.world_size, spec.seed)
     autocast = torch.autocast(
@@ -241,28 +275,33 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
     started, last_bits, grad_norm = time.perf_counter(), float("nan"), 0.0
     val_bits: float | None = None
+    # max_minutes: this call's wall time (a resumed stage gets a fresh budget for the rest).
+    budget = TimeBudget.of_minutes(spec.stage.max_minutes)
+    time_fraction, final = budget.fraction(worker), start
     module.train()
     for step in range(start, total):
         torch.manual_seed(step_seed(spec.seed, step, worker.rank))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec.stage, step, total)
+            group["lr"] = learning_rate(spec.stage, step, total, time_fraction)
         batch = model.batch(spec.train, plan.worker_batch(step, worker.rank), worker.device)
         with autocast:
             loss = model.loss(wrapped, batch, perturb=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = spec.stage.grad_clip if spec.stage.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
         optimizer.step()
         window_loss += float(loss.detach())
         window_steps += 1
-        done = step + 1
-        if done % options.log_every == 0 or done == total:
+        done = final = step + 1
+        time_fraction = budget.fraction(worker)
+        last = done == total or time_fraction >= 1.0
+        if done % options.log_every == 0 or last:
             seconds = time.perf_counter() - window_started
-            last_bits = worker.mean({"nats": window_loss / window_steps})["nats"] / math.log(2.0)
+            last_bits = model.to_metric(worker.mean({"nats": window_loss / window_steps})["nats"])
             tokens_per_s = tokens_per_step * window_steps / max(seconds, 1e-9)
             metrics = {
-                "loss_bits_per_token": last_bits,
+                f"loss_{model.metric}": last_bits,
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens_per_s,
@@ -274,28 +313,32 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
         if (
             spec.val is not None
             and options.val_every
-            and done % options.val_every == 0 < total - done
+            and done % options.val_every == 0
+            and not last
         ):
             val_bits = _validate_all(model, spec, worker)
-            worker.publish(MetricsEvent(step=done, metrics={"val_bits_per_token": val_bits}))
-        if done % options.checkpoint_every == 0 or done == total:
+            worker.publish(MetricsEvent(step=done, metrics={f"val_{model.metric}": val_bits}))
+        if done % options.checkpoint_every == 0 or last:
+            whole = full_state(module, optimizer) if fsdp else None  # a collective: every rank
             if worker.rank == 0:
                 checkpoints.save(
-                    done, module, optimizer, {"stage": spec.stage.name, "total": total}
+                    done, module, optimizer, {"stage": spec.stage.name, "total": total}, whole
                 )
             if worker.distributed:  # the others wait: nobody runs ahead of a checkpoint
                 torch.distributed.barrier()
+        if last:
+            break
     seconds = time.perf_counter() - started
     if spec.val is not None:
         val_bits = _validate_all(model, spec, worker)
-        worker.publish(MetricsEvent(step=total, metrics={"val_bits_per_token": val_bits}))
+        worker.publish(MetricsEvent(step=final, metrics={f"val_{model.metric}": val_bits}))
     if worker.rank != 0:
         return None
-    trained = total - start
+    trained = final - start
     return StageResult(
-        steps=total,
+        steps=final,
         resumed_from_step=start,
-        final_checkpoint=checkpoints.uri(total),
+        final_checkpoint=checkpoints.uri(final),
         train_bits=last_bits,
         val_bits=val_bits,
         tokens_per_s=tokens_per_step * trained / seconds if trained and seconds > 0 else 0.0,

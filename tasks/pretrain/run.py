@@ -26,9 +26,10 @@ from pydantic import BaseModel
 from models.tokenizer import TokenizerConfig
 from tasks import registry, storage, tracking
 from tasks.config import config_hash
-from tasks.data.datasets import resolve_dataset
+from tasks.data.datasets import DatasetRef, resolve_dataset
 from tasks.pretrain.config import PretrainConfig, StageConfig
 from tasks.pretrain.driver import fit_stage
+from tasks.pretrain.lineage import GeneratorLineage
 from tasks.pretrain.loop import (
     StageResult,
     StageSpec,
@@ -84,6 +85,7 @@ class PretrainSummary(BaseModel):
     registered_model: str
     model_version: str
     alias: str | None
+    registered_before: bool = False  # a re-run of the same training reuses its version
 
     def reference(self) -> str:
         """The registry reference to load the result with (the version, unless an alias was set)."""
@@ -99,9 +101,12 @@ class PretrainSummary(BaseModel):
             f"{', done before' if s.skipped else ''})"
             for s in self.stages
         )
-        val = f", held-out {last.val_bits:.3f} bits/token" if last.val_bits is not None else ""
+        unit = "flow MSE" if last.schedule == "far" else "bits/token"
+        val = f", held-out {last.val_bits:.3f} {unit}" if last.val_bits is not None else ""
+        before = " (registered before)" if self.registered_before else ""
         return (
             f"pretrain {self.dataset}@{self.dataset_version}: {stages}{val} -> {self.reference()}"
+            f"{before}"
             f" (MLflow run {self.run_id})"
         )
 
@@ -115,12 +120,25 @@ def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
     """Refuse, before any work, stages the tokenizer cannot serve; errors name stage and field."""
     from models.generator.schedules import build_schedule
 
+    far_stages = [stage.name for stage in pretrain.stages if stage.schedule == "far"]
+    if far_stages and len(far_stages) != len(pretrain.stages):
+        raise ValueError(
+            f"pretrain.stages: {far_stages} are far stages and the others are not; a FAR model "
+            "(continuous latents, a flow head) cannot start from a token model: make every "
+            "stage far, or run FAR as its own pretraining"
+        )
     for index, stage in enumerate(pretrain.stages):
         where = f"pretrain.stages[{index}] ({stage.name})"
         try:
             tokenizer.check_clip_shape(stage.frames, stage.resolution, stage.resolution)
         except ValueError as exc:
             raise ValueError(f"{where}: resolution/frames: {exc}") from exc
+        if stage.schedule == "far":  # continuous latents: any tokenizer has them
+            try:
+                far_config(tokenizer, stage)
+            except ValueError as exc:
+                raise ValueError(f"{where}: far: {exc}") from exc
+            continue
         if stage.schedule == "next_scale" and tokenizer.scales is None:
             raise ValueError(
                 f"{where}: schedule next_scale needs a multi-scale tokenizer; this one is "
@@ -139,6 +157,11 @@ def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
                 raise ValueError(f"{where}: block/regions: {exc}") from exc
 
 
+def stages_far(pretrain: PretrainConfig) -> bool:
+    """True when the run trains FAR (check_stages allows no mix of far and token stages)."""
+    return any(stage.schedule == "far" for stage in pretrain.stages)
+
+
 def run_key(
     pretrain: PretrainConfig, dataset_version: str, tokenizer: TokenizerRecord, classes: list[str]
 ) -> str:
@@ -153,9 +176,10 @@ def run_key(
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def _tokens_for(
+def stage_tokenize_config(
     config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
-) -> TokenizeSummary:
+) -> ArvidConfig:
+    """`config` with its tokenize section set to what `stage` trains on."""
     tokenize = config.tokenize.model_copy(
         update={
             "dataset": dataset,
@@ -165,7 +189,13 @@ def _tokens_for(
             "latents": stage.needs_latents,
         }
     )
-    return tokenize_dataset(config.model_copy(update={"tokenize": tokenize}))
+    return config.model_copy(update={"tokenize": tokenize})
+
+
+def _tokens_for(
+    config: ArvidConfig, stage: StageConfig, dataset: str, tokenizer: str
+) -> TokenizeSummary:
+    return tokenize_dataset(stage_tokenize_config(config, stage, dataset, tokenizer))
 
 
 def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
@@ -182,12 +212,53 @@ def videoar_config(tokenizer: TokenizerConfig, stage: StageConfig):
     )
 
 
+def far_config(tokenizer: TokenizerConfig, stage: StageConfig):
+    """The FAR config of a far stage: its switches on the tokenizer's latent at the stage's grid."""
+    from models.generator.config import FARConfig
+
+    _, h, w = tokenizer.latent_shape(stage.frames, stage.resolution, stage.resolution)
+    return FARConfig.model_validate(
+        {**stage.far.model_dump(), "latent_dim": len(tokenizer.levels), "latent_hw": (h, w)}
+    )
+
+
+def loss_metric(schedule: str) -> str:
+    """The name of a stage's loss metric: FAR's flow-matching error is no cross-entropy."""
+    return "flow_mse" if schedule == "far" else "bits_per_token"
+
+
 def flops_per_token(spec: StageSpec, tokens_per_clip: int) -> float:
     """Training FLOPs per token: 6·N for the weights plus 6·L·T·d for attention."""
     from models.generator.persist import build_generator
 
-    n = sum(p.numel() for p in build_generator(spec.model, spec.videoar).parameters())
+    n = sum(p.numel() for p in build_generator(spec.model, spec.videoar, spec.far).parameters())
     return 6 * n + 6 * spec.model.n_layer * tokens_per_clip * spec.model.n_embd
+
+
+def generator_lineage(
+    pretrain_config: PretrainConfig,
+    dataset: DatasetRef,
+    tokenizer: TokenizerRecord,
+    key: str,
+    last: StageSummary,
+) -> GeneratorLineage:
+    """What the registered generator was trained on, for evaluation to find again."""
+    stage = pretrain_config.stages[-1]
+    return GeneratorLineage(
+        dataset_uri=dataset.root,
+        dataset_version=dataset.version,
+        tokenizer=tokenizer.pinned,
+        tokens_uri=last.tokens_uri,
+        tokens_version=last.tokens_version,
+        val_shards=pretrain_config.val_shards,
+        resolution=stage.resolution,
+        frames=stage.frames,
+        schedule=stage.schedule,
+        schedule_config=None
+        if stage.schedule in ("next_scale", "far")
+        else stage.schedule_config(),
+        run_key=key,
+    )
 
 
 def _finished(run_dir: str, total: int) -> StageResult | None:
@@ -196,6 +267,18 @@ def _finished(run_dir: str, total: int) -> StageResult | None:
         return None
     result = StageResult(**json.loads(storage.read_text(uri)))
     return result if result.steps == total else None
+
+
+def trained_version(config: ArvidConfig) -> str | None:
+    """The generator version this exact training (data, tokenizer, model, stages) registered
+    before, or None — what lets a pipeline skip pretraining without starting anything."""
+    storage.configure_storage(config.storage)
+    tracking.setup_tracking(config.tracking)
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
+    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
+        record, _ = resolve_tokenizer(config.pretrain.tokenizer, Path(tmp) / "model")
+    key = run_key(config.pretrain, dataset.version, record, class_names(dataset.rows))
+    return registry.find_version(registry.GENERATOR_MODEL, {"arvid.run_key": key})
 
 
 def pretrain(config: ArvidConfig) -> PretrainSummary:
@@ -222,7 +305,8 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
     model_config = GeneratorConfig.model_validate(
         {
             **pretrain_config.model.model_dump(),
-            "vocab_size": math.prod(tokenizer.levels),
+            # FAR reads latents, not ids: a one-row vocabulary keeps the unused head out.
+            "vocab_size": 1 if stages_far(pretrain_config) else math.prod(tokenizer.levels),
             "num_classes": max(1, len(classes)),
         }
     )
@@ -256,20 +340,45 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
             init_from = summary.checkpoint
         last = summaries[-1]
         tracking.log_metrics(
-            {"final/val_bits_per_token": last.val_bits or float("nan"), "stages": len(summaries)}
+            {
+                f"final/val_{loss_metric(last.schedule)}": last.val_bits or float("nan"),
+                "stages": len(summaries),
+            }
         )
         model_uri = _log_model(last.checkpoint)
         run_id = parent.info.run_id
     lineage = {
         **{k: v for k, v in tags.items() if k != "arvid.step"},
-        "arvid.tokens_version": last.tokens_version,
         "arvid.git_commit": tracking.git_commit(),
-        "arvid.schedule": last.schedule,
+        **generator_lineage(pretrain_config, dataset, record, key, last).as_tags(),
     }
-    version = registry.register(
-        model_uri, registry.GENERATOR_MODEL, run_id, lineage, pretrain_config.register_alias
+    # The same training (run key) over the same checkpoint registers once: a re-run reuses it.
+    version = registry.find_version(
+        registry.GENERATOR_MODEL,
+        {"arvid.run_key": key, "arvid.checkpoint": last.checkpoint},
     )
-    if last.val_bits is not None:  # where promotion's gates read it (tasks/promote/metrics.py)
+    registered_before = version is not None
+    if version is None:
+        version = registry.register(
+            model_uri,
+            registry.GENERATOR_MODEL,
+            run_id,
+            {**lineage, "arvid.checkpoint": last.checkpoint},
+            pretrain_config.register_alias,
+        )
+    else:
+        log.info(
+            "generator %s v%s holds this training already: not registered again",
+            registry.GENERATOR_MODEL,
+            version,
+        )
+        if pretrain_config.register_alias:
+            from mlflow import MlflowClient
+
+            MlflowClient().set_registered_model_alias(
+                registry.GENERATOR_MODEL, pretrain_config.register_alias, version
+            )
+    if last.val_bits is not None and last.schedule != "far":  # promotion's gates read it here
         set_version_metrics(
             registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}
         )
@@ -285,6 +394,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         registered_model=registry.GENERATOR_MODEL,
         model_version=version,
         alias=pretrain_config.register_alias,
+        registered_before=registered_before,
     )
 
 
@@ -306,6 +416,7 @@ def _run_stage(
     train = load_token_clips(token_data, train_shards, classes, null_class)
     val = load_token_clips(token_data, val_shards, classes, null_class) if val_shards else None
     videoar = videoar_config(tokenizer, stage) if stage.schedule == "next_scale" else None
+    far = far_config(tokenizer, stage) if stage.schedule == "far" else None
     run_dir = storage.join(run_root, f"{index:02d}-{stage.name}")
     spec = StageSpec(
         stage=stage,
@@ -327,10 +438,12 @@ def _run_stage(
             compile_blocks=pretrain_config.compile_blocks,
             activation_checkpointing=pretrain_config.activation_checkpointing,
             loss_chunk_rows=pretrain_config.loss_chunk_rows,
+            fsdp=pretrain_config.fsdp,
             # MFU only means something against a GPU's peak; the CPU reports tokens/s alone.
             peak_flops=H200_BF16_PEAK_FLOPS if pretrain_config.use_gpu else None,
         ),
         storage=config.storage,
+        far=far,
     )
     if pretrain_config.use_gpu:  # MFU needs it; counting builds the whole model once more
         spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
@@ -357,10 +470,11 @@ def _run_stage(
             storage.write_text(storage.join(run_dir, RESULT_FILE), json.dumps(asdict(result)))
         else:
             log.info("stage %s: already trained to step %d, skipped", stage.name, total)
+        metric = loss_metric(stage.schedule)
         tracking.log_metrics(
             {
-                "final/train_bits_per_token": result.train_bits,
-                "final/val_bits_per_token": result.val_bits
+                f"final/train_{metric}": result.train_bits,
+                f"final/val_{metric}": result.val_bits
                 if result.val_bits is not None
                 else float("nan"),
                 "mean_tokens_per_s": result.tokens_per_s,

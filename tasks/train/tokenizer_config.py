@@ -17,6 +17,7 @@ from tasks.config import StrictModel
 _NOT_IN_RUN_KEY = {
     "dataset",
     "steps",
+    "max_minutes",
     "checkpoint_every",
     "keep_checkpoints",
     "checkpoint_dir",
@@ -74,6 +75,13 @@ class TokenizerTrainingConfig(StrictModel):
     steps: int = Field(
         1000, ge=1, description="total optimizer steps (a resumed run ends here too)"
     )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="wall-time budget of the run, start-up included; it stops at `steps` or "
+        "here, whichever comes first, and the lr schedule spans whichever binds first. None: "
+        "steps alone (exactly reproducible)",
+    )
     seed: int = Field(0, ge=0)
     # Checkpoints: <checkpoint_dir>/<dataset>-<run key>/step-<n>/ plus latest.json (storage URI).
     checkpoint_dir: str = ".arvid/checkpoints/tokenizer"
@@ -119,6 +127,16 @@ class TokenizerTrainingConfig(StrictModel):
             raise ValueError(
                 f"crop={self.crop}: must be a multiple of {model.spatial_factor} and at most "
                 f"resolution={self.resolution}"
+            )
+        pyramid_side = model.full_pyramid_side()
+        if pyramid_side is not None and self.window_side < pyramid_side:
+            # Below that side coarse scales merge ((1, 2, 4, 8) on a 4x4 latent is 1, 1, 2, 4):
+            # the decoder would train on another pyramid than the one its tokens come from.
+            raise ValueError(
+                f"window {self.window_side}px (crop={self.crop}, resolution={self.resolution}): "
+                f"a multi-scale tokenizer with scales {model.scales} trains on windows of at "
+                f"least {pyramid_side}px so that every scale keeps its own grid — set crop to "
+                f"{pyramid_side} or more (or null), or use fewer scales"
             )
         return self
 

@@ -1,11 +1,11 @@
 """The tokenizer training loop: what every worker runs, with or without Ray.
 
 `run_training(spec, worker)` resumes from the run's latest checkpoint (or starts from scratch),
-trains to `spec.training.steps`, and on rank 0 publishes metrics, sample videos and checkpoints
-as `tasks.train.events` and returns a `TrainingResult`. It knows nothing of Ray or MLflow: the
-`WorkerContext` says where it runs (rank, world size, device) and where its events go, so it also
-runs in a plain process (world size 1), which is how a killed run is tested and how one debugs
-the loop in a notebook. Checkpoints and sample videos go through the storage layer, whose settings
+trains to `spec.training.steps` or until `max_minutes` of wall time are spent (budget.py), and on
+rank 0 publishes metrics, sample videos and checkpoints as `tasks.train.events` and returns a
+`TrainingResult`. It knows nothing of Ray or MLflow: the `WorkerContext` says where it runs (rank,
+world size, device) and where its events go, so it also runs in a plain process (world size 1),
+which is how a killed run is tested and how one debugs the loop in a notebook. Checkpoints and sample videos go through the storage layer, whose settings
 travel inside the spec (Ray workers do not inherit `configure_storage`).
 """
 
@@ -21,10 +21,11 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from models.tokenizer import TokenizerLoss, VideoTokenizer, psnr, ssim
+from models.tokenizer import TokenizerConfig, TokenizerLoss, VideoTokenizer, psnr, ssim
 from tasks import storage
 from tasks.data.datasets import DatasetRef
 from tasks.storage import StorageSettings
+from tasks.train.budget import TimeBudget, schedule_progress
 from tasks.train.checkpoints import (
     CheckpointError,
     describe_checkpoint,
@@ -48,6 +49,14 @@ class TrainingSpec(BaseModel):
     storage: StorageSettings
     dataset: DatasetRef
     run_dir: str
+    # time.time() when the job began (the driver's clock, before Ray started its workers), so
+    # max_minutes covers the start-up too; None: when the loop starts.
+    started_at: float | None = None
+
+
+# Checkpoint metadata key: wall seconds a run had spent when the checkpoint was written, so a
+# resumed run continues its time budget (and its lr schedule) instead of starting it again.
+SPENT_KEY = "budget_seconds_spent"
 
 
 @dataclass(frozen=True)
@@ -61,17 +70,24 @@ class TrainingResult:
     steps_trained: int
     train_seconds: float
     clips_per_s: float
+    # From the job's start (spec.started_at) to this loop's first step: Ray's worker start-up,
+    # imports, the process group, model build and restore (0 when started_at is not given).
+    startup_seconds: float
     metrics: dict[str, float]  # of the last logging window
 
 
-def learning_rate(config: TokenizerTrainingConfig, step: int, base: float) -> float:
-    """Learning rate at `step`: linear warm-up, then constant or cosine down to min_lr_ratio."""
+def learning_rate(
+    config: TokenizerTrainingConfig, step: int, base: float, time_fraction: float = 0.0
+) -> float:
+    """Learning rate at `step`: linear warm-up, then constant or cosine down to min_lr_ratio over
+    whichever limit binds first, the steps after warm-up or the time budget (`time_fraction`
+    of it spent, see budget.py)."""
     if config.warmup_steps and step < config.warmup_steps:
         return base * (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return base
     span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    progress = schedule_progress(step - config.warmup_steps, span, time_fraction)
     floor = config.min_lr_ratio
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -106,7 +122,7 @@ def resume_point(spec: TrainingSpec) -> str | None:
     if uri is None:
         return None
     step, tokenizer_config = describe_checkpoint(uri)
-    if tokenizer_config != spec.training.model:
+    if not same_architecture(tokenizer_config, spec.training.model):
         raise CheckpointError(
             f"{uri}: trained with another tokenizer config — set tokenizer_training.resume=false "
             "or another checkpoint_dir"
@@ -119,22 +135,41 @@ def resume_point(spec: TrainingSpec) -> str | None:
     return uri
 
 
+def same_architecture(saved: TokenizerConfig, wanted: TokenizerConfig) -> bool:
+    """True when a checkpoint's tokenizer config is the one a run trains: equal, except for the
+    gains a calibrating quantizer has moved (its checkpoints hold the calibrated ones)."""
+    if wanted.calibrate_gains and saved.calibrate_gains:
+        return saved.model_dump(exclude={"scale_gains"}) == wanted.model_dump(
+            exclude={"scale_gains"}
+        )
+    return saved == wanted
+
+
+@dataclass(frozen=True)
+class _Restored:
+    step: int
+    uri: str | None
+    weights_digest: str | None
+    seconds_spent: float  # of the time budget, by the calls before this one
+
+
 def _restore(
     spec: TrainingSpec,
     tokenizer: VideoTokenizer,
     discriminator: nn.Module,
     optimizers: dict[str, torch.optim.Optimizer],
-) -> tuple[int, str | None, str | None]:
-    """Load the run's latest checkpoint into the modules; (step, uri, weights digest)."""
+) -> _Restored:
+    """Load the run's latest checkpoint into the modules (nothing to load: step 0)."""
     uri = resume_point(spec)
     if uri is None:
-        return 0, None, None
+        return _Restored(0, None, None, 0.0)
     checkpoint = load_checkpoint(uri)
     tokenizer.load_state_dict(checkpoint.tokenizer_state)
     discriminator.load_state_dict(checkpoint.discriminator_state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(checkpoint.optimizer_state[name])
-    return checkpoint.step, uri, state_digest(tokenizer.state_dict())
+    spent = float(checkpoint.metadata.get(SPENT_KEY, 0.0))
+    return _Restored(checkpoint.step, uri, state_digest(tokenizer.state_dict()), spent)
 
 
 def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> TrainingResult | None:
@@ -157,9 +192,8 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
             loss.discriminator.parameters(), lr=d_lr, betas=betas, weight_decay=cfg.weight_decay
         ),
     }
-    start_step, resumed_from, resumed_digest = _restore(
-        spec, tokenizer, loss.discriminator, optimizers
-    )
+    restored = _restore(spec, tokenizer, loss.discriminator, optimizers)
+    start_step, resumed_from = restored.step, restored.uri
     if resumed_from:
         log.info("rank %d: resuming from %s (step %d)", worker.rank, resumed_from, start_step)
     tokenizer.to(worker.device)
@@ -194,6 +228,9 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
         enabled=worker.device.type == "cuda" and cfg.bf16,
     )
 
+    budget = TimeBudget.of_minutes(cfg.max_minutes, spec.started_at, restored.seconds_spent)
+    startup_seconds = time.time() - spec.started_at if spec.started_at is not None else 0.0
+    time_fraction = budget.fraction(worker)  # read at the end of every step, the same on all ranks
     window: dict[str, float] = {}
     counts: dict[str, int] = {}  # per key: the GAN's terms join mid-window
     window_steps, window_start = 0, time.perf_counter()
@@ -201,14 +238,18 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     metrics: dict[str, float] = {}
     sample_clip: Tensor | None = None
     checkpoint_uri = resumed_from
-    for step in range(start_step, cfg.steps):
+    final_step = start_step
+    # A run whose budget went before its first step (a slow start-up) still trains one, so it
+    # leaves a checkpoint; a resumed run whose budget is spent trains nothing more.
+    spent = time_fraction >= 1.0 and start_step > 0
+    for step in range(start_step, start_step if spent else cfg.steps):
         video = next(batches).to(worker.device, non_blocking=True)
         if sample_clip is None:
             sample_clip = video[0].detach().clone()
         for name, optimizer in optimizers.items():
             base = cfg.lr if name == "tokenizer" else d_lr
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step, base)
+                group["lr"] = learning_rate(cfg, step, base, time_fraction)
 
         with autocast:
             reconstruction, aux = model(video)
@@ -235,26 +276,29 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
             counts[key] = counts.get(key, 0) + 1
         window_steps += 1
         trained += 1
-        done = step + 1
+        done = final_step = step + 1
+        time_fraction = budget.fraction(worker)
+        last = done == cfg.steps or time_fraction >= 1.0
 
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every == 0 or last:
             with torch.no_grad():
                 ssim_value = float(ssim(recon, video).mean())
             elapsed = time.perf_counter() - window_start
             metrics = {k: v / counts[k] for k, v in window.items()}
             metrics["ssim"] = ssim_value
             metrics = worker.mean(metrics)
-            metrics["lr"] = learning_rate(cfg, step, cfg.lr)
+            metrics["lr"] = optimizers["tokenizer"].param_groups[0]["lr"]
+            metrics["budget_fraction"] = time_fraction
             metrics["clips_per_s"] = window_steps * cfg.batch_size * worker.world_size / elapsed
             worker.report({**metrics, "step": done})
             if worker.rank == 0:
                 worker.publish(MetricsEvent(step=done, metrics=metrics))
             window, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
 
-        if worker.rank == 0 and (done % cfg.sample_every == 0 or done == cfg.steps):
+        if worker.rank == 0 and (done % cfg.sample_every == 0 or last):
             uri = _write_sample(spec.run_dir, done, tokenizer, sample_clip, cfg.sample_fps)
             worker.publish(SampleEvent(step=done, uri=uri))
-        if worker.rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        if worker.rank == 0 and (done % cfg.checkpoint_every == 0 or last):
             checkpoint_uri = save_checkpoint(
                 spec.run_dir,
                 done,
@@ -266,21 +310,25 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
                     "dataset_version": spec.dataset.version,
                     "training": cfg.model_dump(mode="json"),
                     "world_size": worker.world_size,
+                    SPENT_KEY: round(budget.spent(), 3),
                 },
                 keep=cfg.keep_checkpoints,
             )
             worker.publish(CheckpointEvent(step=done, uri=checkpoint_uri))
+        if last:
+            break
 
     if worker.rank != 0:
         return None
     seconds = time.perf_counter() - started
     return TrainingResult(
-        final_step=cfg.steps,
+        final_step=final_step,
         resumed_from_step=start_step,
-        resumed_weights_digest=resumed_digest,
+        resumed_weights_digest=restored.weights_digest,
         checkpoint=checkpoint_uri,
         steps_trained=trained,
         train_seconds=round(seconds, 3),
+        startup_seconds=round(startup_seconds, 3),
         clips_per_s=trained * cfg.batch_size * worker.world_size / seconds if trained else 0.0,
         metrics=metrics,
     )

@@ -14,6 +14,7 @@ only wires them for the tokenizer.
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class TokenizerTrainingSummary(BaseModel):
     steps_trained: int
     num_workers: int
     train_seconds: float
+    startup_seconds: float  # from the call's start to the first training step (Ray start-up)
     clips_per_s: float
     metrics: dict[str, float]
     model_uri: str  # runs:/<run id>/tokenizer
@@ -86,6 +88,7 @@ def dataset_reference(config: ArvidConfig) -> str:
 
 def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
     """Train on Ray inside an MLflow run and log the final tokenizer as a model (not registered)."""
+    started_at = time.time()  # max_minutes counts from here: Ray's start-up is part of the run
     training: TokenizerTrainingConfig = config.tokenizer_training
     storage.configure_storage(config.storage)
     # Absolute: Ray Train workers run in their own working directory.
@@ -96,7 +99,13 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
         storage.absolute(training.checkpoint_dir),
         f"{dataset.name}-{training.run_key(dataset.version)}",
     )
-    spec = TrainingSpec(training=training, storage=config.storage, dataset=dataset, run_dir=run_dir)
+    spec = TrainingSpec(
+        training=training,
+        storage=config.storage,
+        dataset=dataset,
+        run_dir=run_dir,
+        started_at=started_at,
+    )
     resume_point(spec)  # an unusable checkpoint is reported here, before any worker starts
     digest = config_hash(training)
     tags = {
@@ -124,6 +133,7 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
                 "final/psnr_db": outcome.metrics.get("psnr_db", float("nan")),
                 "final/ssim": outcome.metrics.get("ssim", float("nan")),
                 "train_seconds": outcome.train_seconds,
+                "startup_seconds": outcome.startup_seconds,
                 "mean_clips_per_s": outcome.clips_per_s,
                 "resumed_from_step": outcome.resumed_from_step,
             },
@@ -150,6 +160,7 @@ def run_tokenizer_training(config: ArvidConfig) -> TokenizerTrainingSummary:
         steps_trained=outcome.steps_trained,
         num_workers=training.num_workers,
         train_seconds=outcome.train_seconds,
+        startup_seconds=outcome.startup_seconds,
         clips_per_s=round(outcome.clips_per_s, 3),
         metrics={k: round(float(v), 6) for k, v in outcome.metrics.items()},
         model_uri=model_uri,

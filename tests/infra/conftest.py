@@ -68,7 +68,7 @@ TRAIN = (
     "--set",
     "tokenizer_training.log_every=2",
 )
-TOKENIZE = ("--resolution", "32", "--frames", "9", "--set", "tokenize.batch_size=2")
+TOKENIZE = ("--resolution", "64", "--frames", "9", "--set", "tokenize.batch_size=2")
 
 
 @dataclass

@@ -57,7 +57,7 @@ def test_pretraining_registers_a_generator_trained_on_both_ray_nodes(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    stage = "{name: s32, resolution: 32, frames: 9, schedule: next_scale, steps: 4, batch_size: 4}"
+    stage = "{name: s64, resolution: 64, frames: 9, schedule: next_scale, steps: 4, batch_size: 4}"
     result = run_arvid(
         local_stack,
         "pretrain",

@@ -298,3 +298,19 @@ def test_write_all_bad_inputs_writes_one_file_per_kind(tmp_path):
     written = bad_inputs.write_all_bad_inputs(tmp_path)
     assert set(written) == set(bad_inputs.BAD_INPUT_MAKERS)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
+
+
+def test_a_folder_made_by_the_same_config_is_kept_and_a_changed_one_is_rewritten(
+    tmp_path, small_config
+):
+    out = tmp_path / "made"
+    first = make_synthetic_dataset(small_config, out)
+    written = {p: p.stat().st_mtime_ns for p in first.paths}
+    again = make_synthetic_dataset(small_config, out)
+    assert again == first
+    assert {p: p.stat().st_mtime_ns for p in again.paths} == written  # nothing re-rendered
+    first.paths[0].unlink()  # a lost video: the folder is made again
+    remade = make_synthetic_dataset(small_config, out)
+    assert remade.paths[0].is_file()
+    reseeded = make_synthetic_dataset(small_config.model_copy(update={"seed": 5}), out)
+    assert {p: p.stat().st_mtime_ns for p in reseeded.paths} != written

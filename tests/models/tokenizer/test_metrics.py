@@ -49,3 +49,12 @@ def test_code_usage_counts_distinct_codes_overall_and_per_scale():
     assert stats["code_perplexity"].item() == pytest.approx(
         math.exp(-(5 / 8) * math.log(5 / 8) - 3 / 8 * math.log(1 / 8))
     )
+
+
+def test_code_usage_of_ceiling_counts_against_the_tokens_a_scale_has():
+    coarse = torch.tensor([[3, 3, 7, 9]])  # 4 tokens, 3 distinct: 3/4 of what 4 tokens can reach
+    fine = torch.arange(16).view(1, 16) % 8  # 16 tokens, 8 distinct
+    stats = code_usage([coarse, fine], vocab_size=64_000)
+    assert stats["code_usage_of_ceiling/scale0"].item() == pytest.approx(0.75)
+    assert stats["code_usage_of_ceiling/scale1"].item() == pytest.approx(0.5)
+    assert stats["code_usage/scale0"].item() == pytest.approx(3 / 64_000)

@@ -227,3 +227,46 @@ def test_the_config_alone_knows_the_clip_shape_rule():
         config.check_clip_shape(8, 32, 32)
     with pytest.raises(ValueError, match=r"^W=40: .* divisible by 16 \(e.g. 32 or 48\)$"):
         config.latent_shape(9, 32, 40)
+
+
+def calibrated_tiny() -> VideoTokenizer:
+    """A multi-scale tiny tokenizer whose gains moved off their start in training forwards."""
+    tokenizer = tiny(scales=[1, 2, 4]).train()
+    start = tokenizer.config.scale_gains
+    with torch.no_grad():
+        for seed in range(3):
+            tokenizer(video(5, batch=2) * (0.5 + seed))
+    assert tokenizer.config.scale_gains != start
+    return tokenizer.eval()
+
+
+@torch.no_grad()
+def test_training_forward_calibrates_the_gains_and_eval_freezes_them():
+    tokenizer = calibrated_tiny()
+    frozen = tokenizer.quantizer.gain_values()
+    _, aux = tokenizer(video(5, batch=2))
+    assert tokenizer.quantizer.gain_values() == frozen
+    assert {"saturation/scale2", "residual_rms/scale0", "gain/scale1"} <= set(aux)
+    # What resumes a run: the config it was built from, gains as given.
+    assert tokenizer.built_config.scale_gains == pytest.approx([1.0, 2**0.5, 2.0])
+
+
+@torch.no_grad()
+def test_calibrated_tokens_decode_identically_from_indices_after_a_save_and_load(tmp_path):
+    tokenizer = calibrated_tiny()
+    save_tokenizer(tokenizer, tmp_path / "tok")
+    saved = json.loads((tmp_path / "tok" / "config.json").read_text())["scale_gains"]
+    assert saved == tokenizer.quantizer.gain_values()
+    loaded = load_tokenizer_from_dir(tmp_path / "tok").eval()
+    clip = video(9)
+    encoding = tokenizer.encode(clip)
+    assert torch.equal(
+        loaded.decode_indices(encoding.indices), tokenizer.decode(encoding.quantized)
+    )
+    # The generator's side: the saved config alone, no weights.
+    quantizer = TokenizerConfig.model_validate(saved_config(tmp_path)).make_quantizer()
+    assert torch.equal(quantizer.accumulate(encoding.indices, (4, 4)), encoding.quantized)
+
+
+def saved_config(tmp_path) -> dict:
+    return json.loads((tmp_path / "tok" / "config.json").read_text())

@@ -12,6 +12,7 @@ from models.generator.videoar import VideoAR
 from models.tokenizer import TokenizerConfig
 from tasks.pretrain.config import PretrainConfig
 from tasks.pretrain.generator_registry import load_generator
+from tasks.pretrain.lineage import GeneratorLineage
 from tasks.pretrain.run import check_stages, pretrain
 from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL, ModelKindError
@@ -103,6 +104,13 @@ def test_two_stages_train_on_ray_register_a_generator_and_a_rerun_skips_them(wor
 
     again = pretrain(config)
     assert all(s.skipped for s in again.stages)
+    # The same training is registered once; its lineage is on the version for evaluation.
+    assert again.registered_before and again.model_version == first.model_version
+    lineage = GeneratorLineage.from_tags(
+        dict(client.get_model_version(GENERATOR_MODEL, first.model_version).tags), "v"
+    )
+    assert (lineage.resolution, lineage.frames, lineage.schedule) == (32, 9, "next_scale")
+    assert lineage.tokens_uri == first.stages[-1].tokens_uri and lineage.val_shards == 1
     assert [s.checkpoint for s in again.stages] == [s.checkpoint for s in first.stages]
 
 

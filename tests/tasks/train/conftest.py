@@ -56,3 +56,15 @@ def tiny_training(**overrides: Any) -> TokenizerTrainingConfig:
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetRef:
     """Four videos ingested into four shards of two clips each."""
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny-dataset"))
+
+
+def small_window_training(**overrides: Any) -> TokenizerTrainingConfig:
+    """tiny_training on 16x16x5 windows, one clip a step, with the (1, 2) pyramid a 2x2 latent
+    holds (a multi-scale tokenizer trains on windows that keep every scale)."""
+    settings: dict[str, Any] = {
+        "model": {"base_channels": 4, "num_res_blocks": 1, "scales": [1, 2]},
+        "resolution": 16,
+        "frames": 5,
+        "batch_size": 1,
+    }
+    return tiny_training(**(settings | overrides))

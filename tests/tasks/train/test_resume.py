@@ -21,7 +21,7 @@ from tasks.train.checkpoints import (
     state_digest,
 )
 from tasks.train.tokenizer_loop import TrainingSpec, resume_point, run_training
-from tests.tasks.train.conftest import tiny_training
+from tests.tasks.train.conftest import small_window_training, tiny_training
 
 _RUN_SPEC = (
     "import sys\n"
@@ -31,7 +31,7 @@ _RUN_SPEC = (
 
 
 def _spec(dataset: DatasetRef, run_dir: Path, **overrides) -> TrainingSpec:
-    training = tiny_training(resolution=16, frames=5, batch_size=1, **overrides)
+    training = small_window_training(**overrides)
     return TrainingSpec(
         training=training, storage=StorageSettings(), dataset=dataset, run_dir=str(run_dir)
     )
@@ -105,7 +105,8 @@ def test_run_key_ignores_the_budget_but_not_what_shapes_the_weights() -> None:
     assert base.run_key("v1") == tiny_training(steps=999, checkpoint_every=7).run_key("v1")
     assert base.run_key("v1") != base.run_key("v2")
     assert base.run_key("v1") != tiny_training(lr=3e-4).run_key("v1")
-    assert base.run_key("v1") != tiny_training(crop=8).run_key("v1")
+    windowed = tiny_training(resolution=64)
+    assert windowed.run_key("v1") != tiny_training(resolution=64, crop=32).run_key("v1")
 
 
 def test_clip_sizes_the_tokenizer_cannot_take_are_config_errors() -> None:
@@ -117,3 +118,12 @@ def test_clip_sizes_the_tokenizer_cannot_take_are_config_errors() -> None:
         tiny_training(crop=12)
     with pytest.raises(ValueError, match="crop=64: .* at most resolution="):
         tiny_training(crop=64)
+
+
+def test_multiscale_training_windows_must_keep_every_scale_of_the_pyramid() -> None:
+    # (1, 2, 4) on a 2x2 latent would merge the two coarse scales: not the pyramid used at 32px.
+    with pytest.raises(ValueError, match="window 16px .* at least 32px so that every scale"):
+        tiny_training(resolution=64, crop=16)
+    assert tiny_training(resolution=64, crop=32).window_side == 32
+    single_scale = {"base_channels": 4, "num_res_blocks": 1}
+    assert tiny_training(model=single_scale, resolution=64, crop=8).window_side == 8
