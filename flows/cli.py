@@ -216,6 +216,15 @@ def _serve(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return f"serve: stopped serving {', '.join(served)}", {"served": served}
 
 
+def _stack(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from infra.local_stack import StackError, stack_command
+
+    try:
+        return stack_command(args.action, args.dir)
+    except StackError as exc:  # a service that would not start: one clear line, exit 2
+        raise ValueError(str(exc)) from exc
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]]] = {
     "make-dataset": (
         "write the synthetic, class-labelled demo videos (real mp4 files)",
@@ -248,6 +257,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, dict[st
         "register arvid's Prefect deployments and run their flow runs here until stopped",
         _serve,
     ),
+    "stack": ("start, stop or check the local service stack (S3, MLflow, Prefect, Ray)", _stack),
 }
 
 Check = Callable[[ArvidConfig, argparse.Namespace], None]
@@ -349,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--rollback", action="store_true", help="move champion back to previous"
             )
+        if name == "stack":
+            cmd.add_argument("action", choices=["up", "down", "status"])
+            cmd.add_argument("--dir", default=".arvid/stack", help="the stack's folder")
         if name == "pipeline":
             cmd.add_argument(
                 "--tokenizer", help="reuse this registered tokenizer instead of training one"
