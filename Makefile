@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch comes first and pinned: an unpinned torch (asked for by another package) pulls a CUDA build.
 INSTALL = $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint bench-ingest clean
+.PHONY: demo test test-faults lint bench-ingest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ demo: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-faults: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m fault_heavy tests/infra/test_faults.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

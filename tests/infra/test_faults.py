@@ -119,6 +119,7 @@ def test_s3_restart_mid_ingest(local_stack: LocalStack, clean_run: CleanRun, rec
     record.met = True
 
 
+@pytest.mark.fault_heavy
 def test_s3_restart_mid_tokenization(local_stack: LocalStack, clean_run: CleanRun, record) -> None:
     root = "faults/s3-tokens"
     args = (*TOKENIZE, "--set", f"tokenize.tokens_root=s3://arvid/{root}")
@@ -155,6 +156,7 @@ def test_ray_worker_node_killed_mid_tokenization(
     record.met = True
 
 
+@pytest.mark.fault_heavy
 def test_ray_worker_node_killed_mid_training(
     local_stack: LocalStack, clean_run: CleanRun, record
 ) -> None:
@@ -176,6 +178,7 @@ def test_ray_worker_node_killed_mid_training(
     record.met = True
 
 
+@pytest.mark.fault_heavy
 def test_mlflow_down_during_training(local_stack: LocalStack, clean_run: CleanRun, record) -> None:
     checkpoints = "faults/mlflow-train-checkpoints"
     args = (*LONG_TRAIN, "--set", f"tokenizer_training.checkpoint_dir=s3://arvid/{checkpoints}")
