@@ -89,7 +89,9 @@ class StageConfig(StrictModel):
                     f"stage {self.name!r}: {', '.join(used)} are VideoAR switches; they need "
                     f"schedule next_scale, not {self.schedule}"
                 )
-        if self.schedule != "far" and "far" in self.model_fields_set:
+        # By value, not by "was it given": a dumped and re-validated config (the pipeline's
+        # copies, a deployment's parameters) carries the default block explicitly.
+        if self.schedule != "far" and self.far != FARConfig():
             raise ValueError(
                 f"stage {self.name!r}: far holds FAR's switches; they need schedule far, not "
                 f"{self.schedule}"

@@ -168,3 +168,11 @@ def test_holding_out_every_shard_fails_before_any_work(workspace, tmp_path):
     with pytest.raises(ValueError, match="val_shards=2 would leave nothing to train on"):
         pretrain(config)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_config_survives_a_dump_and_revalidation_as_pipelines_and_deployments_do_it(workspace):
+    config = _config(workspace)
+    again = ArvidConfig.model_validate(config.model_dump(mode="json"))
+    assert again == config
+    with pytest.raises(ValueError, match="far holds FAR's switches"):
+        PretrainConfig.model_validate({"stages": [{**STAGES[0], "far": {"short_window": 2}}]})
