@@ -205,7 +205,7 @@ def test_served_promote_deployment_completes_a_run_triggered_with_run_deployment
     finally:
         server.send_signal(signal.SIGINT)  # serve shuts down its runner on Ctrl-C
         try:
-            code = server.wait(timeout=60)
+            code = server.wait(timeout=180)  # a loaded 2-core machine is slow to wind down
         except subprocess.TimeoutExpired:
             server.kill()
             raise

@@ -118,7 +118,10 @@ def test_an_interrupted_evaluation_redoes_only_its_missing_units_to_the_same_num
                                             "arvid.evaluation")  # fmt: skip
     resumed = evaluate(config)
     assert resumed.units_done_before == resumed.units - 2 and not resumed.recorded_before
-    assert resumed.metrics == pytest.approx(first.metrics)
+    timing = {"seconds_per_video", "frames_per_second"}  # wall clock of redone units: not exact
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == pytest.approx(
+        {k: v for k, v in first.metrics.items() if k not in timing}
+    )
 
 
 @pytest.mark.slow
