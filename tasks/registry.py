@@ -110,9 +110,17 @@ def register(
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
     version = client.create_model_version(name, source=source_uri, run_id=run_id, tags=tags)
-    if alias is not None:
-        client.set_registered_model_alias(name, alias, version.version)
+    set_alias(name, alias, str(version.version))
     return str(version.version)
+
+
+def set_alias(name: str, alias: str | None, version: str) -> None:
+    """Point `alias` of registered model `name` at `version` (nothing for a None alias)."""
+    if alias is None:
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
 
 
 def find_version(name: str, tags: dict[str, str]) -> str | None:

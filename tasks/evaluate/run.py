@@ -109,9 +109,9 @@ def evaluate(config: ArvidConfig) -> EvaluationSummary:
         "evaluate %s: %d of %d units done before, %d to do (%s)",
         target.pinned, len(plan.units) - len(pending), len(plan.units), len(pending), root,
     )  # fmt: skip
+    records = dict(done)
     if pending:
-        _run_units(config, target, plan, pending, output)
-    records = {unit.name: output.complete(output.unit_id([unit.name], "")) for unit in plan.units}
+        records.update(_run_units(config, target, plan, pending, output))
     metrics, kept = aggregate(plan, records, output, protocol)
     manifest = "".join(
         json.dumps({"unit": name, "kind": r.kind, "count": r.count, "shard": r.shard}) + "\n"
@@ -224,7 +224,8 @@ def _run_units(
     plan: EvalPlan,
     pending: list[EvalUnit],
     output: ShardedOutput[UnitRecord],
-) -> None:
+) -> dict[str, UnitRecord]:
+    """Run the pending units on Ray actors, publishing each as it finishes; their records."""
     import ray
 
     from tasks.evaluate.units import UnitResult, unit_shard
@@ -261,6 +262,7 @@ def _run_units(
             for _ in range(count)
         ]
         log.info("evaluate: %d Ray actor(s) loading the generator, tokenizer and I3D", count)
+        published: dict[str, UnitRecord] = {}
         queue = deque(pending)
         running: dict[ray.ObjectRef, tuple[object, EvalUnit, float]] = {}
         idle = list(actors)
@@ -276,7 +278,9 @@ def _run_units(
                 format=1, kind=unit.kind, count=len(result.features), values=result.values,
                 seconds=result.seconds, steps=result.steps,
             )  # fmt: skip
-            output.publish(output.unit_id([unit.name], ""), unit_shard(result), record)
+            published[unit.name] = output.publish(
+                output.unit_id([unit.name], ""), unit_shard(result), record
+            )
             finished += 1
             idle.append(actor)
             if ec.progress:
@@ -288,6 +292,7 @@ def _run_units(
     finally:
         if started_ray:
             ray.shutdown()
+    return published
 
 
 def _actor_count(ec: EvaluateConfig, units: int) -> int:

