@@ -269,14 +269,21 @@ def _finished(run_dir: str, total: int) -> StageResult | None:
     return result if result.steps == total else None
 
 
+def _resolve_inputs(config: ArvidConfig) -> tuple[DatasetRef, TokenizerRecord, TokenizerConfig]:
+    """The dataset version and the pinned tokenizer (with its config) pretraining reads."""
+    storage.configure_storage(config.storage)
+    tracking.setup_tracking(config.tracking)  # models:/ references resolve against this store
+    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
+    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
+        record, model_dir = resolve_tokenizer(config.pretrain.tokenizer, Path(tmp) / "model")
+        tokenizer = TokenizerConfig.model_validate_json((model_dir / "config.json").read_text())
+    return dataset, record, tokenizer
+
+
 def trained_version(config: ArvidConfig) -> str | None:
     """The generator version this exact training (data, tokenizer, model, stages) registered
     before, or None — what lets a pipeline skip pretraining without starting anything."""
-    storage.configure_storage(config.storage)
-    tracking.setup_tracking(config.tracking)
-    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
-    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
-        record, _ = resolve_tokenizer(config.pretrain.tokenizer, Path(tmp) / "model")
+    dataset, record, _ = _resolve_inputs(config)
     key = run_key(config.pretrain, dataset.version, record, class_names(dataset.rows))
     return registry.find_version(registry.GENERATOR_MODEL, {"arvid.run_key": key})
 
@@ -286,12 +293,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
     from models.generator.config import GeneratorConfig
 
     pretrain_config = config.pretrain
-    storage.configure_storage(config.storage)
-    tracking.setup_tracking(config.tracking)  # models:/ references resolve against this store
-    dataset = resolve_dataset(storage.absolute(dataset_reference(config)))
-    with tempfile.TemporaryDirectory(prefix="arvid-tokenizer-") as tmp:
-        record, model_dir = resolve_tokenizer(pretrain_config.tokenizer, Path(tmp) / "model")
-        tokenizer = TokenizerConfig.model_validate_json((model_dir / "config.json").read_text())
+    dataset, record, tokenizer = _resolve_inputs(config)
     check_stages(pretrain_config, tokenizer)
     shards = len(dataset.rows_by_shard())  # token shards follow the dataset's shards one to one
     if pretrain_config.val_shards >= shards:
