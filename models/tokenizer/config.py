@@ -92,6 +92,11 @@ class TokenizerConfig(BaseModel):
     max_norm_groups: int = 32
     # DC-AE-style weightless shortcuts around every resampling step (see causal3d.py).
     shortcuts: bool = True
+    # A learned 1x1 projection from the decoder's last features straight to pixels, beside its
+    # normed output conv: per-frame norms there hide absolute colour, which the small CPU models
+    # then took thousands of steps to recover (see causal3d.py). Saved configs from before it
+    # existed load with it off (load_tokenizer_from_dir).
+    linear_output: bool = True
     temporal_factor: int = 4
     spatial_factor: int = 8
     levels: list[int] = [8, 8, 8, 5, 5, 5]

@@ -57,7 +57,7 @@ class VideoTokenizer(nn.Module):
             config.shortcuts,
         )
         self.encoder = Encoder(config.in_channels, *args)
-        self.decoder = Decoder(config.in_channels, *args)
+        self.decoder = Decoder(config.in_channels, *args, linear_output=config.linear_output)
 
     @property
     def config(self) -> TokenizerConfig:
@@ -200,7 +200,10 @@ def load_tokenizer_from_dir(
 ) -> VideoTokenizer:
     """Build a VideoTokenizer from `config.json` and load `model.safetensors` (no unpickling)."""
     directory = Path(directory)
-    config = TokenizerConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+    raw = json.loads((directory / CONFIG_FILE).read_text())
+    # Saved before the decoder had a linear output path: their weights have none.
+    raw.setdefault("linear_output", False)
+    config = TokenizerConfig.model_validate(raw)
     tokenizer = VideoTokenizer(config)
     tokenizer.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device)))
     return tokenizer.to(device)

@@ -54,6 +54,16 @@ class TokenizerTrainingConfig(StrictModel):
         ge=8,
         description="side of the random square cut from each resized clip; None: resolution",
     )
+    # A multi-scale tokenizer's coarse scales merge on windows below its pyramid side, so crops
+    # that small need whole windows at the end: the last `full_window_fraction` of training
+    # (of its steps, or of its time budget, whichever is further along) uses uncropped clips, so
+    # the decoder and the calibrated gains finish on the pyramid its tokens come from.
+    full_window_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training at the end on uncropped windows; 0: crops throughout",
+    )
     random_crop: bool = True
     random_flip: bool = True
     shuffle_buffer: int = Field(32, ge=1, description="clips mixed across shards in each worker")
@@ -129,14 +139,25 @@ class TokenizerTrainingConfig(StrictModel):
                 f"resolution={self.resolution}"
             )
         pyramid_side = model.full_pyramid_side()
-        if pyramid_side is not None and self.window_side < pyramid_side:
+        if pyramid_side is not None and self.resolution < pyramid_side:
+            raise ValueError(
+                f"resolution={self.resolution}: a multi-scale tokenizer with scales "
+                f"{model.scales} needs clips of at least {pyramid_side}px so that every scale "
+                "keeps its own grid (or use fewer scales)"
+            )
+        if (
+            pyramid_side is not None
+            and self.window_side < pyramid_side
+            and self.full_window_fraction == 0
+        ):
             # Below that side coarse scales merge ((1, 2, 4, 8) on a 4x4 latent is 1, 1, 2, 4):
             # the decoder would train on another pyramid than the one its tokens come from.
             raise ValueError(
                 f"window {self.window_side}px (crop={self.crop}, resolution={self.resolution}): "
                 f"a multi-scale tokenizer with scales {model.scales} trains on windows of at "
                 f"least {pyramid_side}px so that every scale keeps its own grid — set crop to "
-                f"{pyramid_side} or more (or null), or use fewer scales"
+                f"{pyramid_side} or more (or null), finish on whole windows with "
+                "full_window_fraction > 0, or use fewer scales"
             )
         return self
 
@@ -144,6 +165,12 @@ class TokenizerTrainingConfig(StrictModel):
     def window_side(self) -> int:
         """Side of the square windows training sees: `crop`, else the whole `resolution`."""
         return self.crop or self.resolution
+
+    def on_full_windows(self, progress: float) -> bool:
+        """Whether training `progress` of the way through (0..1) uses uncropped windows."""
+        if self.crop is None or self.crop == self.resolution:
+            return True
+        return self.full_window_fraction > 0 and progress >= 1 - self.full_window_fraction
 
     def run_key(self, dataset_version: str) -> str:
         """Short hash naming the checkpoint folder: dataset version plus every field that shapes

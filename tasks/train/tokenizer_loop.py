@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,21 +208,26 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     loss.discriminator = worker.wrap(loss.discriminator)
     discriminator = unwrap(loss.discriminator)
 
-    data = ShardClipDataset(
-        spec.dataset,
-        cfg.resolution,
-        cfg.frames,
-        rank=worker.rank,
-        world_size=worker.world_size,
-        seed=cfg.seed,
-        random_crop=cfg.random_crop,
-        random_flip=cfg.random_flip,
-        shuffle_buffer=cfg.shuffle_buffer,
-        first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
-        crop=cfg.crop,
-        decoded_cache_mb=cfg.decoded_cache_mb,
-    )
-    batches = iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
+    def batches_of(crop: int | None) -> Iterator[Tensor]:
+        data = ShardClipDataset(
+            spec.dataset,
+            cfg.resolution,
+            cfg.frames,
+            rank=worker.rank,
+            world_size=worker.world_size,
+            seed=cfg.seed,
+            random_crop=cfg.random_crop,
+            random_flip=cfg.random_flip,
+            shuffle_buffer=cfg.shuffle_buffer,
+            first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
+            crop=crop,
+            decoded_cache_mb=cfg.decoded_cache_mb,
+        )
+        return iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
+
+    def progress(step: int) -> float:
+        return max(step / cfg.steps, time_fraction)
+
     autocast = torch.autocast(
         device_type=worker.device.type,
         dtype=torch.bfloat16,
@@ -242,7 +248,15 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     # A run whose budget went before its first step (a slow start-up) still trains one, so it
     # leaves a checkpoint; a resumed run whose budget is spent trains nothing more.
     spent = time_fraction >= 1.0 and start_step > 0
+    full_windows = cfg.on_full_windows(progress(start_step))
+    batches = batches_of(None if full_windows else cfg.crop)
     for step in range(start_step, start_step if spent else cfg.steps):
+        if not full_windows and cfg.on_full_windows(progress(step)):
+            # The same step on every rank: `time_fraction` is rank 0's clock, broadcast.
+            full_windows, batches = True, batches_of(None)
+            sample_clip = None  # later samples show the whole frame
+            if worker.rank == 0:
+                log.info("step %d: training on whole %dpx windows from here", step, cfg.resolution)
         video = next(batches).to(worker.device, non_blocking=True)
         if sample_clip is None:
             sample_clip = video[0].detach().clone()

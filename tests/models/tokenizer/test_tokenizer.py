@@ -172,6 +172,29 @@ def test_saved_tokenizer_loads_to_identical_outputs(tmp_path, scales):
         assert gains == pytest.approx([1.0, 2**0.5, 2.0])  # pinned in the file, not re-derived
 
 
+@torch.no_grad()
+def test_decoder_output_has_a_linear_path_and_older_saves_load_without_one(tmp_path):
+    tokenizer = tiny()
+    assert tokenizer.decoder.linear_out is not None
+    latent = tokenizer.encode(video(5)).quantized
+    # The path is linear in the decoder's last features: scaling its weights moves the output.
+    before = tokenizer.decode(latent)
+    tokenizer.decoder.linear_out.weight.mul_(2)
+    assert not torch.allclose(before, tokenizer.decode(latent))
+
+    older = tiny(linear_output=False)
+    assert older.decoder.linear_out is None
+    save_tokenizer(older, tmp_path / "older")
+    config_file = tmp_path / "older" / "config.json"
+    raw = json.loads(config_file.read_text())
+    del raw["linear_output"]  # a config.json written before the field existed
+    config_file.write_text(json.dumps(raw))
+    loaded = load_tokenizer_from_dir(tmp_path / "older").eval()
+    assert loaded.decoder.linear_out is None
+    clip = video(5)
+    assert torch.equal(older.eval()(clip)[0], loaded(clip)[0])
+
+
 def test_properties_describe_the_token_grid():
     tokenizer = tiny(scales=[1, 2, 4])
     assert (tokenizer.temporal_factor, tokenizer.spatial_factor) == (4, 8)

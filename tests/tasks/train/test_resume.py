@@ -13,6 +13,7 @@ import pytest
 from tasks.config import REPO_ROOT
 from tasks.data.datasets import DatasetRef
 from tasks.storage import StorageSettings
+from tasks.train import tokenizer_loop
 from tasks.train.checkpoints import (
     CheckpointError,
     latest_checkpoint,
@@ -127,3 +128,38 @@ def test_multiscale_training_windows_must_keep_every_scale_of_the_pyramid() -> N
     assert tiny_training(resolution=64, crop=32).window_side == 32
     single_scale = {"base_channels": 4, "num_res_blocks": 1}
     assert tiny_training(model=single_scale, resolution=64, crop=8).window_side == 8
+    with pytest.raises(ValueError, match="resolution=16: .* clips of at least 32px"):
+        tiny_training(resolution=16, crop=8, full_window_fraction=0.5)
+
+
+def test_small_crops_train_a_pyramid_when_training_ends_on_whole_windows() -> None:
+    finishing = tiny_training(resolution=64, crop=16, full_window_fraction=0.25)
+    assert [finishing.on_full_windows(p) for p in (0.0, 0.74, 0.75, 1.0)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert tiny_training(resolution=64).on_full_windows(0.0)
+    single_scale = {"base_channels": 4, "num_res_blocks": 1}
+    assert not tiny_training(model=single_scale, resolution=64, crop=8).on_full_windows(1.0)
+
+
+def test_training_switches_to_whole_windows_for_its_last_share_of_steps(
+    tiny_dataset: DatasetRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(tokenizer_loop.VideoTokenizer):
+        def forward(self, video):  # the shape of every batch the loop trains on
+            if self.training:  # not the samples
+                seen.append(tuple(video.shape[-2:]))
+            return super().forward(video)
+
+    monkeypatch.setattr(tokenizer_loop, "VideoTokenizer", Recording)
+    # (1, 2) needs 16px windows: 8px crops merge its scales, so the last half runs uncropped.
+    spec = _spec(
+        tiny_dataset, tmp_path / "run", steps=4, crop=8, full_window_fraction=0.5, resume=False
+    )
+    assert run_training(spec).final_step == 4
+    assert seen == [(8, 8), (8, 8), (16, 16), (16, 16)]
