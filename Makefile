@@ -25,7 +25,7 @@ demo: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-faults: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m fault_heavy tests/infra/test_faults.py

@@ -31,6 +31,13 @@ def median_of(fn: Callable[[], float], repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
 
+def bench_command(argv: list[str]) -> str:
+    """The command line as a reader would retype it: absolute paths (a scratch folder of this
+    machine) become `<path>`, so a result names no machine's layout."""
+    args = ["<path>" if Path(arg).is_absolute() else arg for arg in argv[1:]]
+    return "python " + " ".join(["bench/" + Path(argv[0]).name, *args])
+
+
 def write_results(
     bench: str,
     figures: dict[str, Any],
@@ -47,7 +54,7 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": bench,
-        "command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": bench_command(sys.argv),
         "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit()[:7],
         "device": device or cpu_device(),
