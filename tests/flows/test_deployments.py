@@ -155,6 +155,10 @@ def _wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout
     raise AssertionError(f"{name} not registered within {timeout_s} s:\n{log.read_text()}")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_served_promote_deployment_completes_a_run_triggered_with_run_deployment(
@@ -182,6 +186,10 @@ def test_served_promote_deployment_completes_a_run_triggered_with_run_deployment
             env=_env(PREFECT_RUNNER_POLL_FREQUENCY="1"),
             stdout=out,
             stderr=subprocess.STDOUT,
+            # A shell that starts `make test` in the background hands its children SIGINT
+            # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt: as from a
+            # terminal, the served process gets SIGINT's default action back.
+            preexec_fn=_default_sigint,
         )
     try:
         deployment = _wait_for_deployment("arvid-promote/promote", server, log, timeout_s=180)

@@ -1,5 +1,5 @@
-"""`arvid pipeline` end to end on a tiny config: every step runs under one parent MLflow run and
-leaves a champion with its evidence; the second run skips every step."""
+"""`arvid demo` (make-dataset, then `arvid pipeline`) end to end on a tiny config: every step runs
+under one parent MLflow run and leaves a champion with its evidence; the second run skips every step."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.cli import main
-from tasks.ingest.config import SyntheticDatasetConfig
-from tasks.ingest.synthetic import make_synthetic_dataset
 from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL
 
@@ -23,6 +21,8 @@ STEPS = ["ingest", "tokenizer", "tokenize-only", "pretrain", "evaluate", "promot
 
 def _config(root: Path) -> Path:
     config = {
+        "synthetic_dir": str(root / "raw"),
+        "synthetic": {"count": 4, "frames": 34, "preset": "ultrafast"},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "arvid-pipeline-test",
                      "artifact_location": str(root / "mlartifacts")},
         "ingest": {"source": str(root / "raw" / "labels.jsonl"), "output_root": str(root / "ds"),
@@ -53,14 +53,18 @@ def _config(root: Path) -> Path:
 def test_the_pipeline_promotes_a_generator_and_a_second_run_skips_every_step(
     tmp_path: Path, capsys
 ) -> None:
-    make_synthetic_dataset(
-        SyntheticDatasetConfig(count=4, frames=34, preset="ultrafast"), tmp_path / "raw"
-    )
     config = _config(tmp_path)
-    assert main(["pipeline", "--json", "--config", str(config)]) == 0
+    # `arvid demo` is make-dataset then `arvid pipeline`: one end-to-end run checks both commands.
+    assert main(["demo", "--json", "--config", str(config)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    first = json.loads(out[-1])
+    demo = json.loads(out[-1])
+    assert out[0].startswith("make-dataset: 4 videos") and demo["make_dataset"]["videos"] == 4
+    assert any(line.startswith("pipeline: ingest ran") for line in out)
+    assert any(line.strip().startswith("MLflow: mlflow ui --backend-store-uri") for line in out)
+    first = demo["pipeline"]
     assert [s["name"] for s in first["steps"]] == STEPS
+    assert ": 8 clips from 4 inputs" in first["steps"][0]["line"]
+    assert " 0 quarantined" in first["steps"][0]["line"]
     assert all(s["status"] == "ran" for s in first["steps"]), first["steps"]
     assert first["promotion"] == "promoted"
     version = first["generator"].rsplit("/", 1)[-1]
@@ -81,6 +85,16 @@ def test_the_pipeline_promotes_a_generator_and_a_second_run_skips_every_step(
         "ingest", "train-tokenizer", "pretrain", "evaluate"
     }  # fmt: skip
     assert parent.info.status == "FINISHED"
+    # The ingest run holds the counts, throughput and the manifest, tagged with the version.
+    ingest = client.search_runs([parent.info.experiment_id], "tags.`arvid.step` = 'ingest'")
+    assert len(ingest) == 1
+    assert ingest[0].data.tags["arvid.dataset_version"] == first["dataset"].rsplit("@", 1)[-1]
+    assert ingest[0].data.metrics["clips_per_s"] > 0
+    assert ingest[0].data.params["ingest.clip_frames"] == "17"
+    artifacts = {a.path for a in client.list_artifacts(ingest[0].info.run_id, "dataset")}
+    assert {"dataset/manifest.jsonl", "dataset/quarantine.jsonl", "dataset/summary.json"} <= (
+        artifacts
+    )
 
     assert main(["pipeline", "--json", "--config", str(config)]) == 0
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
