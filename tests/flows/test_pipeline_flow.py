@@ -89,7 +89,7 @@ def test_the_pipeline_promotes_a_generator_and_a_second_run_skips_every_step(
     ingest = client.search_runs([parent.info.experiment_id], "tags.`arvid.step` = 'ingest'")
     assert len(ingest) == 1
     assert ingest[0].data.tags["arvid.dataset_version"] == first["dataset"].rsplit("@", 1)[-1]
-    assert ingest[0].data.metrics["clips_per_s"] > 0
+    assert ingest[0].data.metrics["clips_total"] == 8 and ingest[0].data.metrics["clips_per_s"] > 0
     assert ingest[0].data.params["ingest.clip_frames"] == "17"
     artifacts = {a.path for a in client.list_artifacts(ingest[0].info.run_id, "dataset")}
     assert {"dataset/manifest.jsonl", "dataset/quarantine.jsonl", "dataset/summary.json"} <= (
@@ -100,3 +100,11 @@ def test_the_pipeline_promotes_a_generator_and_a_second_run_skips_every_step(
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [s["status"] for s in second["steps"]] == ["skipped"] * len(STEPS), second["steps"]
     assert second["generator"] == first["generator"] and second["champion"] == version
+
+    # With evaluation and promotion switched off, those two steps say so instead of running.
+    off = ["--set", "pipeline.evaluate=false", "--set", "pipeline.promote=false"]
+    assert main(["pipeline", "--json", "--config", str(config), *off]) == 0
+    third = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = {s["name"]: (s["status"], s["line"]) for s in third["steps"]}
+    assert lines["evaluate"] == ("skipped", "pipeline.evaluate is off"), lines
+    assert lines["promote"] == ("skipped", "pipeline.promote is off"), lines
