@@ -573,7 +573,9 @@ class LocalStack:
         return args, env, None
 
     def _ray_env(self) -> dict[str, str]:
-        env = self._base_env()
+        # Ray nodes hold the S3 credentials themselves, as cluster pods do: their workers inherit
+        # them, so jobs never forward credentials (Ray logs forwarded variables).
+        env = {**self._base_env(), **self._s3_env()}
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(self.secrets_dir / "ray_token")
         env["RAY_USAGE_STATS_ENABLED"] = "0"

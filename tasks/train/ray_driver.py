@@ -128,7 +128,7 @@ def fit_on_ray(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            # Workers do not see this process's environment: S3 endpoint and credentials.
+            # Forwarded: the S3 endpoint and tracking URI (credentials come from the nodes themselves).
             worker_runtime_env={"env_vars": worker_env(ray_config)},
         ),
     )

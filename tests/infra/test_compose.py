@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tasks.config import load_config
-from tasks.ray_runtime import RayConfig
+from tasks.ray_runtime import RayConfig, is_credential
 from tasks.settings import ArvidConfig
 from tasks.storage import ENDPOINT_ENV
 
@@ -74,10 +74,13 @@ def test_the_arvid_service_sets_what_arvid_and_its_ray_workers_read(compose) -> 
     assert f"{endpoint.port}:{endpoint.port}" in compose["services"][endpoint.hostname]["ports"]
     prefect = urlparse(environment["PREFECT_API_URL"])
     assert prefect.hostname in compose["services"]
-    # Ray workers see only the forwarded variables: the S3 endpoint and keys must be among them.
+    # Ray workers inherit the environment of the container that runs `ray start` (this one), so
+    # they hold the keys; jobs forward only what is not a credential (Ray logs what it forwards).
     forwarded = set(RayConfig().forward_env)
     s3_variables = {name for name in environment if name.startswith("AWS_")} | {ENDPOINT_ENV}
-    assert s3_variables <= forwarded
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= s3_variables
+    assert {name for name in s3_variables if not is_credential(name)} <= forwarded
+    assert not any(is_credential(name) for name in forwarded)
 
 
 def test_images_build_from_files_that_exist_with_the_pinned_versions(compose) -> None:

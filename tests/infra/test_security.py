@@ -96,9 +96,8 @@ def test_stack_credentials_reach_no_log_and_no_mlflow_param(
 
     secrets = [s.encode() for s in local_stack._ensure_credentials().values()]
     folders = [local_stack.root / "logs", local_stack.data_dir("s3") / "logs"]
-    folders.append(Path(local_stack.state.ray_temp_dir))
-    # Ray's runtime-env agent logs are the known leak of the next test.
-    leaks = [str(p) for p in _leaking_files(folders, secrets) if not _runtime_env_log(p)]
+    folders.append(Path(local_stack.state.ray_temp_dir))  # Ray's runtime-env agent logs too
+    leaks = [str(p) for p in _leaking_files(folders, secrets)]
     for name, output in clean_run.outputs.items():
         leaks += [f"output of {name}" for s in secrets if s.decode() in output]
     client = MlflowClient(tracking_uri=local_stack.endpoints().mlflow)
@@ -107,10 +106,6 @@ def test_stack_credentials_reach_no_log_and_no_mlflow_param(
             logged = json.dumps({**run.data.params, **run.data.tags})
             leaks += [f"run {run.info.run_id}" for s in secrets if s.decode() in logged]
     assert not leaks, f"a stack credential appears in: {sorted(set(leaks))}"
-
-
-def _runtime_env_log(path: Path) -> bool:
-    return path.name.startswith("runtime_env")
 
 
 def _leaking_files(folders: list[Path], secrets: list[bytes]) -> list[Path]:
@@ -125,21 +120,6 @@ def _leaking_files(folders: list[Path], secrets: list[bytes]) -> list[Path]:
             if any(s in data for s in secrets):
                 found.append(path)
     return found
-
-
-@pytest.mark.slow
-@pytest.mark.stack
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak: tasks/ray_runtime.py forwards AWS_SECRET_ACCESS_KEY to Ray workers as "
-    "runtime_env env_vars, and Ray's runtime-env agent logs the runtime env it creates",
-)
-def test_ray_runtime_env_logs_hold_no_credentials(
-    local_stack: LocalStack, clean_run: CleanRun
-) -> None:
-    secrets = [s.encode() for s in local_stack._ensure_credentials().values()]
-    folder = Path(local_stack.state.ray_temp_dir)
-    assert [p for p in _leaking_files([folder], secrets) if _runtime_env_log(p)] == []
 
 
 def _listeners(stack: LocalStack) -> dict[str, set[str]]:
