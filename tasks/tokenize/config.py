@@ -48,4 +48,10 @@ class TokenizeConfig(StrictModel):
     max_retries: int = Field(
         3, ge=0, description="restarts of a dead actor, and retries of a batch or decode task"
     )
+    stall_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="stop with an error when no batch finishes for this long (a cluster "
+        "without room for the actors or decode tasks); completed shards are kept",
+    )
     progress: bool = True

@@ -7,12 +7,16 @@ its batches in order, to a callback: only the driver publishes, so output is exa
 
 A batch whose actor died is retried by Ray on the restarted actor; when Ray gives up, the driver
 retires that actor and resubmits the batch elsewhere. The batch's slot is filled once, whoever
-encodes it.
+encodes it. When a node leaves the cluster, its actors restart elsewhere only if there is room:
+the driver shrinks the pool to what the remaining nodes hold (keeping a decode slot free), so
+restarting actors never wait forever for CPUs, and a run that makes no progress for
+`tokenize.stall_timeout_s` stops with an error instead of hanging.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +31,8 @@ log = logging.getLogger("arvid.tokenize")
 
 # Encode calls queued per actor: one running, one waiting, so an actor never idles between batches.
 CALLS_PER_ACTOR = 2
+# How often the driver looks at the cluster (lost nodes, stalls) while it waits for results.
+POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class ActorPool:
     files_ref: Any  # held for the run: a restarting actor reads its weights from it again
     load: list[int]
     alive: set[int]
+    nodes: list[str] = field(default_factory=list)  # the Ray node each actor started on
+    gpus_per_actor: float = 0.0
+    dropped: set[int] = field(default_factory=set)  # killed by the driver to fit a smaller cluster
 
     def pick(self, avoid: frozenset[int] = frozenset()) -> int | None:
         """The live actor with the shortest queue, if it has room for another call.
@@ -60,8 +69,18 @@ class ActorPool:
         return best if self.load[best] < CALLS_PER_ACTOR else None
 
     def retire(self, actor: int) -> None:
-        """Stop sending work to an actor that Ray could not bring back."""
+        """Stop an actor that Ray could not bring back in time, for good: a restart later would
+        hold CPUs (or a GPU) that no batch is ever sent to."""
+        import ray
+
+        if actor in self.alive:
+            ray.kill(self.actors[actor], no_restart=True)
         self.alive.discard(actor)
+
+    def drop(self, actor: int) -> None:
+        """Stop a live actor to fit a smaller cluster (its queued calls fail and move on)."""
+        self.dropped.add(actor)
+        self.retire(actor)
 
     def kill(self) -> None:
         """Stop every actor of the pool."""
@@ -122,6 +141,41 @@ def actor_layout(tc: TokenizeConfig) -> ActorLayout:
     return ActorLayout(count, 1.0 if use_gpu else 0.0, "cuda" if use_gpu else "cpu")
 
 
+def actor_room(cpus: float, gpus: float, tc: TokenizeConfig, gpus_per_actor: float) -> int:
+    """How many actors fit in `cpus`/`gpus` with one decode task's CPUs kept free."""
+    room = int((cpus - tc.decode_num_cpus) / tc.actor_num_cpus + 1e-9)
+    if gpus_per_actor > 0:
+        room = min(room, int(gpus / gpus_per_actor + 1e-9))
+    return max(0, room)
+
+
+def actors_to_drop(
+    pool_nodes: list[str], alive: set[int], dead_nodes: set[str], room: int
+) -> list[int]:
+    """The live actors to kill so that at most `room` remain: first those whose node is gone
+    (they are restarting, or restarted into the slots decoding needs), then the newest."""
+    excess = len(alive) - room
+    if excess <= 0 or room < 1:
+        return []  # nothing to shed, or nothing could run anyway: the stall deadline decides
+    order = sorted(alive, key=lambda i: (pool_nodes[i] not in dead_nodes, -i))
+    return sorted(order[:excess])
+
+
+def live_resources() -> tuple[float, float, set[str]]:
+    """CPUs and GPUs of the live Ray nodes, and the ids of the nodes that left."""
+    import ray
+
+    cpus = gpus = 0.0
+    dead: set[str] = set()
+    for node in ray.nodes():
+        if node.get("Alive"):
+            cpus += float(node.get("Resources", {}).get("CPU", 0.0))
+            gpus += float(node.get("Resources", {}).get("GPU", 0.0))
+        else:
+            dead.add(node["NodeID"])
+    return cpus, gpus, dead
+
+
 def start_actors(
     tc: TokenizeConfig,
     layout: ActorLayout,
@@ -152,9 +206,49 @@ def start_actors(
     pending = [
         warm.remote() for _ in range(max(1, min(slots, CALLS_PER_ACTOR * layout.actors + 2)))
     ]
-    ray.get([actor.ready.remote() for actor in actors] + pending)
+    try:
+        started = ray.get(
+            [actor.ready.remote() for actor in actors] + pending, timeout=tc.stall_timeout_s
+        )
+    except ray.exceptions.GetTimeoutError as exc:
+        for actor in actors:
+            ray.kill(actor)
+        raise RuntimeError(
+            f"{layout.actors} tokenizer actors and their decode workers did not start within "
+            f"tokenize.stall_timeout_s={tc.stall_timeout_s:g} s; the Ray cluster has "
+            f"{ray.cluster_resources()} — check that its nodes are up"
+        ) from exc
     count = layout.actors
-    return ActorPool(actors, layout.device, files_ref, [0] * count, set(range(count)))
+    nodes = [info["node"] for info in started[:count]]
+    return ActorPool(
+        actors,
+        layout.device,
+        files_ref,
+        [0] * count,
+        set(range(count)),
+        nodes,
+        gpus_per_actor=layout.gpus_per_actor,
+    )
+
+
+def fit_pool_to_cluster(pool: ActorPool, tc: TokenizeConfig) -> None:
+    """Shrink the pool when nodes left: restarting actors must not take the CPUs decoding needs."""
+    cpus, gpus, dead = live_resources()
+    room = actor_room(cpus, gpus, tc, pool.gpus_per_actor)
+    drop = actors_to_drop(pool.nodes, pool.alive, dead, room)
+    if not drop:
+        return
+    log.warning(
+        "the Ray cluster shrank to %g CPUs / %g GPUs: %d of %d tokenizer actors go on (actors %s "
+        "stopped; their batches move to the others)",
+        cpus,
+        gpus,
+        room,
+        len(pool.alive),
+        drop,
+    )
+    for actor in drop:
+        pool.drop(actor)
 
 
 def run_pipeline(
@@ -185,6 +279,7 @@ def run_pipeline(
     # Decoded batches kept ahead of the actors: enough that none waits, few enough to bound memory.
     ahead = CALLS_PER_ACTOR * len(pool.actors) + 2
     stats = PipelineStats()
+    last_progress = last_check = time.monotonic()
     while todo or decoding or ready or encoding:
         while todo and len(decoding) + len(ready) < ahead:
             batch = todo.popleft()
@@ -212,7 +307,23 @@ def run_pipeline(
                 f"all {len(pool.actors)} tokenizer actors died; completed shards are kept — re-run to resume"
             )
         # fetch_local=False: decoded frames go from decode task to actor, never to the driver.
-        done, _ = ray.wait([*decoding, *encoding], num_returns=1, fetch_local=False)
+        done, _ = ray.wait(
+            [*decoding, *encoding], num_returns=1, fetch_local=False, timeout=POLL_SECONDS
+        )
+        now = time.monotonic()
+        if done:
+            last_progress = now
+        elif now - last_progress > tc.stall_timeout_s:
+            cpus, gpus, _ = live_resources()
+            raise RuntimeError(
+                f"tokenization stalled: no batch finished in {tc.stall_timeout_s:g} s "
+                f"(tokenize.stall_timeout_s) with {len(pool.alive)} tokenizer actors on a Ray "
+                f"cluster of {cpus:g} CPUs / {gpus:g} GPUs; completed shards are kept — re-run "
+                "to resume once the cluster has room"
+            )
+        if now - last_check >= POLL_SECONDS:
+            last_check = now
+            fit_pool_to_cluster(pool, tc)
         for ref in done:
             if ref in decoding:
                 batch = decoding.pop(ref)
@@ -230,9 +341,13 @@ def run_pipeline(
                     "re-run after fixing it"
                 ) from exc
             except RayActorError as exc:
-                # Ray's restarts and retries on this actor ran out: retire it and resubmit to
-                # another live actor.
+                # Ray's restarts and retries on this actor ran out, or the driver dropped it to
+                # fit a smaller cluster: retire it and resubmit to another live actor.
                 pool.retire(batch.actor)
+                if batch.actor in pool.dropped:
+                    log.info("%s batch %d: moved off a dropped actor", batch.plan.uri, batch.index)
+                    ready.appendleft(batch)
+                    continue
                 if batch.lost + 1 > tc.max_retries:
                     raise RuntimeError(
                         f"{batch.plan.uri}: batch {batch.index} lost its actor {batch.lost + 1} "

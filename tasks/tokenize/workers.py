@@ -111,7 +111,10 @@ class TokenizerWorker:
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs (called once, so start-up is not counted as encode time)."""
-        return {"device": self.device, "pid": os.getpid()}
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        return {"device": self.device, "pid": os.getpid(), "node": node}
 
     def encode(self, batch: DecodedBatch) -> EncodedBatch:
         """Encode a batch of clips to token indices per scale."""

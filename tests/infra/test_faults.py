@@ -132,12 +132,6 @@ def test_s3_restart_mid_tokenization(local_stack: LocalStack, clean_run: CleanRu
     record.met = True
 
 
-@pytest.mark.skip(
-    reason="known hang: with the default layout (3 tokenizer actors x 0.5 CPU + decode tasks on two "
-    "1-CPU nodes), actors restarting after their node died wait forever for CPUs the head does not "
-    "have, and run_pipeline waits on them with no deadline; it passed once when no actor sat on "
-    "the killed node, and hung (> 600 s) in the next run"
-)
 def test_ray_worker_node_killed_mid_tokenization(
     local_stack: LocalStack, clean_run: CleanRun, record
 ) -> None:
@@ -147,11 +141,17 @@ def test_ray_worker_node_killed_mid_tokenization(
     try:
         wait_for("a first token shard", lambda: s3_keys(local_stack, f"{root}/"), 300, job)
         local_stack.stop_service("ray-worker", signal.SIGKILL)
-        result = _finish_or_rerun(local_stack, job, record, "tokenize", *args)
+        # The node stays away: the run shrinks its actor pool to what the head holds.
+        result = job.wait()
+        assert result.returncode == 0, result.output[-4000:]
     finally:
         if not local_stack.running()["ray-worker"]:
             local_stack.start_service("ray-worker")
     _assert_same_tokens(local_stack, result, clean_run)
+    record.notes.append("the run itself finished on the head")
+    # What the driver did about the lost node: batches moved off lost actors, the pool shrunk.
+    warnings = [line for line in result.output.splitlines() if "WARNING arvid.tokenize" in line]
+    record.notes += [line.split("arvid.tokenize: ", 1)[-1].split(" (")[0] for line in warnings]
     record.extra_seconds = round(result.seconds - clean_run.seconds["tokenize"], 1)
     record.met = True
 
