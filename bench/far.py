@@ -195,7 +195,8 @@ def train_far(
 
 def frame_prediction(args: argparse.Namespace, root: Path) -> tuple[dict, list]:
     """Train FAR on the demo latents within the budget; PSNR of predicted frames vs baseline."""
-    config = demo_config(root, args.quick)
+    extra = () if args.videos is None else (f"synthetic.count={args.videos}",)
+    config = demo_config(root, args.quick, extra)
     started = time.perf_counter()
     prepare_data(config)
     train, val, classes, reference = latent_tokens(config)
@@ -241,6 +242,7 @@ def frame_prediction(args: argparse.Namespace, root: Path) -> tuple[dict, list]:
     figures = {
         "prediction_model": f"{args.layers} x {args.width}, short_window {args.predict_window}, "
         f"{args.ode_steps} Euler steps per frame, labels given, no guidance",
+        "demo_videos": config.synthetic.count,
         "data_prep_s": round(data_seconds, 1),
         "train_steps": steps,
         "train_s": round(seconds, 1),
@@ -285,6 +287,12 @@ def main() -> None:
     parser.add_argument("--predict-window", type=int, default=None)
     parser.add_argument("--long-patch", type=int, default=4)
     parser.add_argument("--ode-steps", type=int, default=10)
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=None,
+        help="synthetic demo videos (default: the demo's 48); give a --root of their own",
+    )
     parser.add_argument("--skip-prediction", action="store_true", help="only the context part")
     parser.add_argument("--skip-context", action="store_true", help="only the prediction part")
     args = parser.parse_args()

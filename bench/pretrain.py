@@ -37,8 +37,9 @@ from tasks.train.ray_driver import WorkerGroup  # noqa: E402
 from tasks.train.tokenizer_trainer import train_tokenizer  # noqa: E402
 
 
-def demo_config(root: Path, quick: bool) -> ArvidConfig:
-    """configs/demo.yaml with every path under `root` (and shorter runs with --quick)."""
+def demo_config(root: Path, quick: bool, extra: tuple[str, ...] = ()) -> ArvidConfig:
+    """configs/demo.yaml with every path under `root` (and shorter runs with --quick), plus
+    `extra` overrides."""
     overrides = [
         f"synthetic_dir={root / 'raw'}",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
@@ -53,7 +54,7 @@ def demo_config(root: Path, quick: bool) -> ArvidConfig:
     ]
     if quick:
         overrides += ["tokenizer_training.steps=60", "synthetic.count=24"]
-    return load_config(ArvidConfig, overrides=overrides)
+    return load_config(ArvidConfig, overrides=[*overrides, *extra])
 
 
 def prepare_data(config: ArvidConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,3 +37,20 @@ def crashing_worker(victim: str, marker: Path, times: int) -> type[TokenizerWork
     settings = {"victim": victim, "marker": str(marker), "times": times}
     # Built here, so Ray ships it by value; its base is imported by name in the actor.
     return type("CrashingTokenizerWorker", (CrashingTokenizerWorker,), settings)
+
+
+class StallingTokenizerWorker(TokenizerWorker):
+    """Hangs on a batch holding `victim` (as an actor waiting on a lost node would), else encodes."""
+
+    victim: ClassVar[str] = ""
+
+    def encode(self, batch: DecodedBatch) -> EncodedBatch:
+        """Sleep far past any test's deadline on the victim's batch."""
+        if self.victim in batch.keys:
+            time.sleep(3600)
+        return super().encode(batch)
+
+
+def stalling_worker(victim: str) -> type[TokenizerWorker]:
+    """A tokenizer actor class that never finishes the batch holding `victim`."""
+    return type("StallingTokenizerWorker", (StallingTokenizerWorker,), {"victim": victim})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ from tasks.data.video import decode_clip
 from tasks.tokenize.format import TokenizedClip, read_token_shard, token_shard_bytes
 from tasks.tokenize.run import tokenize_dataset
 from tasks.tracking import TrackingConfig
-from tests.support.tokenize_workers import crashing_worker
+from tests.support.tokenize_workers import crashing_worker, stalling_worker
 from tests.tasks.tokenize.support import config, make_dataset, register_tokenizer, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -208,6 +209,28 @@ def test_actors_dying_mid_run_still_yield_every_clip_exactly_once(
     assert [row["key"] for row in manifest] == sorted(keys)
     # Same tokens as the undisturbed run, byte for byte through the manifest hash.
     assert summary.tokens_version == clean.tokens_version
+
+
+def test_a_run_without_progress_stops_at_its_deadline_and_a_rerun_resumes(
+    workspace: dict, tokenized, tmp_path: Path
+) -> None:
+    _, clean = tokenized
+    dataset = resolve_dataset(workspace["dataset"].dataset_root)
+    victim = sorted(row["key"] for row in dataset.rows)[7]  # the last batch of the last shard
+    cfg = config(
+        workspace["tracking"],
+        workspace["dataset"].dataset_root,
+        str(tmp_path / "t"),
+        stall_timeout_s=4,
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"tokenization stalled: no batch finished in 4 s"):
+        tokenize_dataset(cfg, worker=stalling_worker(victim))
+    assert time.monotonic() - started < 120, "the deadline did not stop the run"
+    resumed = tokenize_dataset(cfg)
+    # The stuck batch's shard is redone; shards finished before the deadline are usually kept.
+    assert resumed.shards_new >= 1 and resumed.shards_new + resumed.shards_skipped == 2
+    assert resumed.tokens_version == clean.tokens_version
 
 
 @pytest.mark.parametrize(
