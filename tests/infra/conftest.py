@@ -109,3 +109,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the fault tests after the other stack tests, and the security scans last: faults kill
+    and restart services and Ray nodes, which the others must not see (e.g. which Ray nodes ran a
+    job's tasks: a killed node's old tasks would count as a third node), and the credential scan
+    then covers the faulted runs' logs too. Only the stack tests' slots change."""
+
+    def phase(item: pytest.Item) -> int:
+        return 2 if "test_security.py" in item.nodeid else int("test_faults.py" in item.nodeid)
+
+    slots = [n for n, item in enumerate(items) if item.nodeid.startswith("tests/infra/")]
+    block = sorted((items[n] for n in slots), key=phase)
+    for n, item in zip(slots, block, strict=True):
+        items[n] = item
