@@ -113,6 +113,14 @@ class _Batch:
         return f"{self.plan.uri}: batch {self.index} ({', '.join(self.plan.batches[self.index])})"
 
 
+def actor_room(cpus: float, gpus: float, tc: TokenizeConfig, gpus_per_actor: float) -> int:
+    """How many actors fit in `cpus`/`gpus` with one decode task's CPUs kept free."""
+    room = int((cpus - tc.decode_num_cpus) / tc.actor_num_cpus + 1e-9)
+    if gpus_per_actor > 0:
+        room = min(room, int(gpus / gpus_per_actor + 1e-9))
+    return max(0, room)
+
+
 def actor_layout(tc: TokenizeConfig) -> ActorLayout:
     """The actor layout for this cluster; refuses sizes that could never progress."""
     import ray
@@ -129,8 +137,7 @@ def actor_layout(tc: TokenizeConfig) -> ActorLayout:
                 f"tokenize.num_actors={count}: the Ray cluster has {gpus:g} GPUs (one per actor)"
             )
     else:
-        room = int((cpus - tc.decode_num_cpus) / tc.actor_num_cpus + 1e-9)
-        count = tc.num_actors or max(1, min(int(cpus), room))
+        count = tc.num_actors or max(1, min(int(cpus), actor_room(cpus, gpus, tc, 0.0)))
     needed = count * tc.actor_num_cpus + tc.decode_num_cpus
     if needed > cpus + 1e-9:
         raise ValueError(
@@ -139,14 +146,6 @@ def actor_layout(tc: TokenizeConfig) -> ActorLayout:
             "would wait forever — lower tokenize.num_actors or tokenize.actor_num_cpus"
         )
     return ActorLayout(count, 1.0 if use_gpu else 0.0, "cuda" if use_gpu else "cpu")
-
-
-def actor_room(cpus: float, gpus: float, tc: TokenizeConfig, gpus_per_actor: float) -> int:
-    """How many actors fit in `cpus`/`gpus` with one decode task's CPUs kept free."""
-    room = int((cpus - tc.decode_num_cpus) / tc.actor_num_cpus + 1e-9)
-    if gpus_per_actor > 0:
-        room = min(room, int(gpus / gpus_per_actor + 1e-9))
-    return max(0, room)
 
 
 def actors_to_drop(
