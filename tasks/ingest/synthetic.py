@@ -125,8 +125,10 @@ class _Track:
 
 
 def video_name(label: str, index: int) -> str:
-    """File name of video `index` with class `label`."""
-    return f"{label}_{index:05d}.mp4"
+    """File name of video `index` with class `label`. The index leads: ingestion cuts inputs
+    sorted by key into shards, and labels cycle with the index, so every shard (and so a
+    held-out shard) holds every class instead of the last classes alone."""
+    return f"{index:05d}_{label}.mp4"
 
 
 def video_rng(seed: int, index: int) -> np.random.Generator:
