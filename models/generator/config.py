@@ -22,6 +22,14 @@ class GeneratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = 64_000  # FSQ 8,8,8,5,5,5
+    output_head: Literal["vocab", "digits"] = Field(
+        "vocab",
+        description="vocab: one softmax over every code; digits: one softmax per FSQ digit "
+        "(digit_head.py), needs output_levels (pretraining fills them from the tokenizer)",
+    )
+    output_levels: list[int] | None = Field(
+        None, description="the tokenizer's FSQ levels, for output_head digits"
+    )
     num_classes: int = 101  # class ids 0..num_classes-1; id num_classes is the null class
     n_layer: int = 24
     n_head: int = 16
@@ -40,6 +48,11 @@ class GeneratorConfig(BaseModel):
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         if (self.n_embd // self.n_head) % 2 or self.n_embd // self.n_head < 8:
             raise ValueError("head_dim (n_embd / n_head) must be even and >= 8 for 3D RoPE")
+        if self.output_levels is not None and math.prod(self.output_levels) != self.vocab_size:
+            raise ValueError(
+                f"output_levels {self.output_levels} number {math.prod(self.output_levels)} "
+                f"codes, but vocab_size is {self.vocab_size}"
+            )
         return self
 
     @property

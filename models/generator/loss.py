@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 from models.generator.attention import Backend
 from models.generator.schedules import Schedule
@@ -31,9 +30,11 @@ def sequence_loss(
     schedule = schedule.to(tokens.device)
     targets = schedule.tokens_to_sequence(tokens)  # (B, N)
     inputs = schedule.input_ids(targets, model.config.vocab_size)  # (B, N)
-    logits = model(inputs, schedule.coords, schedule.group, labels, backend=backend)  # (B, N, V)
+    hidden = model(
+        inputs, schedule.coords, schedule.group, labels, backend=backend, return_hidden=True
+    )  # (B, N, C)
     skip = schedule.positions_before_frame(context_frames) if context_frames else 0
-    return F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), targets[:, skip:].flatten())
+    return model.token_loss(hidden[:, skip:], targets[:, skip:])
 
 
 def bits_per_token(nats: float | torch.Tensor) -> float:

@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 
 from models.generator.config import VideoARConfig
@@ -463,11 +462,16 @@ class VideoAR(nn.Module):
         from_frame: int = 0,
     ) -> torch.Tensor:
         """Mean cross-entropy (nats) over the targets of frames >= from_frame."""
-        logits, targets = self(
-            indices, labels, continuous=continuous, generator=generator, perturb=perturb
+        hidden, targets = self(
+            indices,
+            labels,
+            continuous=continuous,
+            generator=generator,
+            perturb=perturb,
+            return_hidden=True,
         )
         skip = from_frame * self.tokens_per_frame
-        return F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), targets[:, skip:].flatten())
+        return self.generator.token_loss(hidden[:, skip:], targets[:, skip:])
 
 
 def cfg_ramp(cfg_scale: float, num_scales: int, ramp: bool) -> list[float]:

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.generator.chunked_loss import chunked_cross_entropy
 from models.generator.config import FARConfig, GeneratorConfig, VideoARConfig
 from models.generator.far import FAR
 from models.generator.persist import build_generator, unwrap_generator
@@ -178,7 +177,8 @@ class StageModel:
         if isinstance(self.module, FAR):  # flow matching: the mean squared velocity error
             return wrapped(batch.continuous, batch.labels, clean_context=perturb)
         chunk_rows = self.spec.options.loss_chunk_rows
-        hidden = chunk_rows is not None  # the head is applied here, a chunk of rows at a time
+        # The head is applied here: a chunk of rows at a time, or per FSQ digit.
+        hidden = chunk_rows is not None or self.generator.digit_levels is not None
         if isinstance(self.module, VideoAR):
             out, targets = wrapped(
                 batch.scales,
@@ -195,7 +195,7 @@ class StageModel:
                 inputs, schedule.coords, schedule.group, batch.labels, return_hidden=hidden
             )
         if hidden:
-            return chunked_cross_entropy(out, self.generator.head.weight, targets, chunk_rows)
+            return self.generator.token_loss(out, targets, chunk_rows)
         return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
 
 

@@ -18,11 +18,13 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from models.generator.config import GeneratorConfig
 from models.tokenizer import TokenizerConfig
 from tasks import registry, storage, tracking
 from tasks.config import config_hash
@@ -288,9 +290,27 @@ def trained_version(config: ArvidConfig) -> str | None:
     return registry.find_version(registry.GENERATOR_MODEL, {"arvid.run_key": key})
 
 
+def generator_config(
+    pretrain_config: PretrainConfig, levels: Sequence[int], num_classes: int
+) -> GeneratorConfig:
+    """The run's generator: the configured shape, with the vocabulary (and a digit head's FSQ
+    levels) from the tokenizer and the classes from the dataset."""
+    far = stages_far(pretrain_config)
+    digits = pretrain_config.model.output_head == "digits" and not far
+    return GeneratorConfig.model_validate(
+        {
+            **pretrain_config.model.model_dump(),
+            # FAR reads latents, not ids: a one-row vocabulary keeps the unused head out.
+            "vocab_size": 1 if far else math.prod(levels),
+            "num_classes": max(1, num_classes),
+            "output_head": "digits" if digits else "vocab",
+            "output_levels": list(levels) if digits else None,
+        }
+    )
+
+
 def pretrain(config: ArvidConfig) -> PretrainSummary:
     """Run every stage of `config.pretrain` (resuming what exists) and register the generator."""
-    from models.generator.config import GeneratorConfig
 
     pretrain_config = config.pretrain
     dataset, record, tokenizer = _resolve_inputs(config)
@@ -304,14 +324,7 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
         )
     dataset_uri = f"{dataset.root}@{dataset.version}"
     classes = class_names(dataset.rows)
-    model_config = GeneratorConfig.model_validate(
-        {
-            **pretrain_config.model.model_dump(),
-            # FAR reads latents, not ids: a one-row vocabulary keeps the unused head out.
-            "vocab_size": 1 if stages_far(pretrain_config) else math.prod(tokenizer.levels),
-            "num_classes": max(1, len(classes)),
-        }
-    )
+    model_config = generator_config(pretrain_config, tokenizer.levels, len(classes))
     key = run_key(pretrain_config, dataset.version, record, classes)
     run_root = storage.join(
         storage.absolute(pretrain_config.checkpoint_dir), f"{dataset.name}-{key}"

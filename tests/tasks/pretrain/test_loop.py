@@ -1,10 +1,12 @@
 import dataclasses
 import json
+import math
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from models.generator.config import GeneratorConfig, VideoARConfig
@@ -21,7 +23,9 @@ from tests.tasks.pretrain.support import write_token_dataset
 VOCAB = 16
 
 
-def _spec(tmp_path, tokens_uri, stage, run_name, videoar=None, init_from=None, **options):
+def _spec(
+    tmp_path, tokens_uri, stage, run_name, videoar=None, init_from=None, model=None, **options
+):
     dataset = read_token_dataset(tokens_uri)
     classes = class_names(dataset.rows)
     model = GeneratorConfig(
@@ -31,6 +35,7 @@ def _spec(tmp_path, tokens_uri, stage, run_name, videoar=None, init_from=None, *
         n_head=2,
         n_embd=32,
         label_dropout=0.2,
+        **(model or {}),
     )
     train_shards, val_shards = dataset.split(1)
     return StageSpec(
@@ -126,6 +131,34 @@ def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(t
     )
     assert model.config.frame_mask.prob == 0.5
     assert spec.train.continuous is not None  # the latents the corrections re-quantize from
+
+
+def test_a_next_scale_stage_with_a_digit_head_learns_and_saves_the_head(tmp_path):
+    scales = [1, 2, 4]
+    tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
+    videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
+    stage = StageConfig(
+        name="digits", resolution=32, frames=9, schedule="next_scale", steps=30, batch_size=4,
+        lr=3e-3,
+    )  # fmt: skip
+    events = []
+    digits = {"output_head": "digits", "output_levels": [4, 4]}
+    spec = _spec(tmp_path, tokens, stage, "digits", videoar=videoar, model=digits)
+    result = run_stage(spec, dataclasses.replace(WorkerContext(), publish=events.append))
+    losses = [
+        e.metrics["loss_bits_per_token"] for e in events if "loss_bits_per_token" in e.metrics
+    ]
+    assert losses[-1] < losses[0]
+    model = load_generator_from_dir(result.final_checkpoint)
+    assert model.generator.digit_levels == [4, 4] and model.generator.head.out_features == 8
+    # Held-out bits/token is the code cross-entropy of the product of the digits' softmaxes.
+    clips = spec.val
+    batch = [torch.from_numpy(a) for a in clips.scales]
+    labels = torch.from_numpy(clips.labels)
+    with torch.no_grad():
+        log_probs, targets = model.eval()(batch, labels, perturb=False)
+        bits = float(F.cross_entropy(log_probs.flatten(0, 1), targets.flatten())) / math.log(2)
+    assert result.val_bits == pytest.approx(bits, abs=1e-4)
 
 
 def test_infinity_error_correction_without_stored_latents_fails_naming_the_remedy(tmp_path):

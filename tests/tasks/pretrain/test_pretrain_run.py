@@ -13,7 +13,7 @@ from models.tokenizer import TokenizerConfig
 from tasks.pretrain.config import PretrainConfig
 from tasks.pretrain.generator_registry import load_generator
 from tasks.pretrain.lineage import GeneratorLineage
-from tasks.pretrain.run import check_stages, pretrain
+from tasks.pretrain.run import check_stages, generator_config, pretrain
 from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL, ModelKindError
 from tasks.settings import ArvidConfig
@@ -176,3 +176,16 @@ def test_a_config_survives_a_dump_and_revalidation_as_pipelines_and_deployments_
     assert again == config
     with pytest.raises(ValueError, match="far holds FAR's switches"):
         PretrainConfig.model_validate({"stages": [{**STAGES[0], "far": {"short_window": 2}}]})
+
+
+def test_the_generator_takes_vocabulary_and_digit_levels_from_the_tokenizer():
+    pretrain_config = PretrainConfig.model_validate(
+        {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "output_head": "digits"},
+         "stages": STAGES}
+    )  # fmt: skip
+    model = generator_config(pretrain_config, [8, 5, 5], num_classes=4)
+    assert (model.vocab_size, model.output_levels, model.num_classes) == (200, [8, 5, 5], 4)
+    plain = pretrain_config.model_copy(
+        update={"model": pretrain_config.model.model_copy(update={"output_head": "vocab"})}
+    )
+    assert generator_config(plain, [8, 5, 5], num_classes=4).output_levels is None
