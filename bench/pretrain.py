@@ -133,6 +133,9 @@ def main() -> None:
         "data_prep_s": round(data_seconds, 1),
         "pretrain_demo_stages_s": round(pretrain_seconds, 1),
         "stages": [s.name for s in summary.stages],
+        "stage_steps": [s.steps for s in config.pretrain.stages],
+        "model": f"{config.pretrain.model.n_layer} layers x {config.pretrain.model.n_embd} wide, "
+        f"output head {config.pretrain.model.output_head}",
         "final_val_bits_per_token": round(last.val_bits, 4),
         "final_train_bits_per_token": round(last.train_bits, 4),
         **{k: round(v, 4) for k, v in baselines.items()},
