@@ -132,6 +132,7 @@ def main() -> None:
     figures = {
         "data_prep_s": round(data_seconds, 1),
         "pretrain_demo_stages_s": round(pretrain_seconds, 1),
+        "pretrain_stages_skipped": all(s.skipped for s in summary.stages),  # a re-run: reused
         "stages": [s.name for s in summary.stages],
         "stage_steps": [s.steps for s in config.pretrain.stages],
         "model": f"{config.pretrain.model.n_layer} layers x {config.pretrain.model.n_embd} wide, "
