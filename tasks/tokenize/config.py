@@ -54,4 +54,10 @@ class TokenizeConfig(StrictModel):
         description="stop with an error when no batch finishes for this long (a cluster "
         "without room for the actors or decode tasks); completed shards are kept",
     )
+    start_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="stop with an error when the tokenizer actors and decode workers have not "
+        "started within this long (loading the tokenizer is slower than a batch on a busy node)",
+    )
     progress: bool = True

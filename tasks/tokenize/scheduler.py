@@ -207,14 +207,14 @@ def start_actors(
     ]
     try:
         started = ray.get(
-            [actor.ready.remote() for actor in actors] + pending, timeout=tc.stall_timeout_s
+            [actor.ready.remote() for actor in actors] + pending, timeout=tc.start_timeout_s
         )
     except ray.exceptions.GetTimeoutError as exc:
         for actor in actors:
             ray.kill(actor)
         raise RuntimeError(
             f"{layout.actors} tokenizer actors and their decode workers did not start within "
-            f"tokenize.stall_timeout_s={tc.stall_timeout_s:g} s; the Ray cluster has "
+            f"tokenize.start_timeout_s={tc.start_timeout_s:g} s; the Ray cluster has "
             f"{ray.cluster_resources()} — check that its nodes are up"
         ) from exc
     count = layout.actors

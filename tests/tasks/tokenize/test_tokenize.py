@@ -233,6 +233,22 @@ def test_a_run_without_progress_stops_at_its_deadline_and_a_rerun_resumes(
     assert resumed.tokens_version == clean.tokens_version
 
 
+def test_actors_that_do_not_start_in_time_stop_the_run_naming_the_start_deadline(
+    workspace: dict, tmp_path: Path
+) -> None:
+    # Start-up has its own deadline: loading the tokenizer on a busy node can outlast a tight
+    # stall_timeout_s, which only bounds the wait for the next finished batch.
+    cfg = config(
+        workspace["tracking"],
+        workspace["dataset"].dataset_root,
+        str(tmp_path / "t"),
+        start_timeout_s=0.01,
+    )
+    with pytest.raises(RuntimeError, match=r"did not start within tokenize.start_timeout_s=0.01 s"):
+        tokenize_dataset(cfg)
+    assert not list((tmp_path / "t").rglob("*.tar"))
+
+
 @pytest.mark.parametrize(
     "reference",
     ["models:/arvid-tokenizer@nope", "models:/no-such-tokenizer/1", "runs:/0123abc/tokenizer"],
