@@ -16,15 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def code_digits(indices: torch.Tensor, levels: Sequence[int]) -> torch.Tensor:
-    """(...) code indices -> (..., D) digits, digit i in [0, levels[i])."""
-    digits = []
-    rest = indices.long()
-    for level in levels:
-        digits.append(rest % level)
-        rest = torch.div(rest, level, rounding_mode="floor")
-    return torch.stack(digits, dim=-1)
+from models.tokenizer.fsq import index_digits
 
 
 def _split(digit_logits: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]:
@@ -50,12 +42,25 @@ def digit_log_probs(digit_logits: torch.Tensor, levels: Sequence[int]) -> torch.
     return out
 
 
+def digit_token_log_prob(
+    digit_logits: torch.Tensor, targets: torch.Tensor, levels: Sequence[int]
+) -> torch.Tensor:
+    """(...) log-probabilities of the code indices `targets` (...) under (..., sum(levels))
+    digit logits: the sum over digits of each digit's log-probability."""
+    digits = index_digits(targets, levels)  # (..., D)
+    parts = _split(digit_logits, levels)
+    return sum(
+        F.log_softmax(part, dim=-1).gather(-1, digits[..., i : i + 1]).squeeze(-1)
+        for i, part in enumerate(parts)
+    )
+
+
 def digit_cross_entropy(
     digit_logits: torch.Tensor, targets: torch.Tensor, levels: Sequence[int]
 ) -> torch.Tensor:
     """Mean code cross-entropy (nats) of (..., sum(levels)) digit logits against (...) code
     indices: the sum over digits of each digit's cross-entropy."""
-    digits = code_digits(targets, levels).reshape(-1, len(levels))
+    digits = index_digits(targets, levels).reshape(-1, len(levels))
     parts = _split(digit_logits.reshape(-1, digit_logits.shape[-1]), levels)
     total = sum(F.cross_entropy(part, digits[:, i]) for i, part in enumerate(parts))
     return total

@@ -25,6 +25,16 @@ from models.tokenizer.config import check_quantizer
 _BOUND_EPS = 1e-3
 
 
+def index_digits(indices: Tensor, levels: Sequence[int]) -> Tensor:
+    """Indices (...) -> mixed-radix digits (..., D), digit i in [0, levels[i]): the inverse of
+    index = sum_i digit_i * prod_{j<i} L_j."""
+    basis = torch.cumprod(
+        torch.tensor((1, *levels[:-1]), dtype=torch.long, device=indices.device), dim=0
+    )
+    place = torch.div(indices.long().unsqueeze(-1), basis, rounding_mode="floor")
+    return torch.remainder(place, torch.tensor(levels, dtype=torch.long, device=indices.device))
+
+
 def round_ste(x: Tensor) -> Tensor:
     """Round to the nearest integer; the gradient passes through as identity."""
     return x + (torch.round(x) - x).detach()
@@ -104,10 +114,7 @@ class FSQ(nn.Module):
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """Indices (...) -> codes (..., D) in [-1, 1]."""
-        digits = torch.remainder(
-            torch.div(indices.long().unsqueeze(-1), self._basis, rounding_mode="floor"),
-            self._levels.long(),
-        )
+        digits = index_digits(indices, self.levels)
         return (digits.float() - self._half_width) / self._half_width
 
     def zero_index(self) -> int:

@@ -10,10 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from models.generator.config import VideoARConfig
-from models.generator.digit_head import code_digits, digit_cross_entropy, digit_log_probs
+from models.generator.digit_head import (
+    digit_cross_entropy,
+    digit_log_probs,
+    digit_token_log_prob,
+)
 from models.generator.transformer import Generator, GeneratorConfig
 from models.generator.videoar import VideoAR, generate_videoar
-from models.tokenizer.fsq import FSQ
+from models.tokenizer.fsq import FSQ, index_digits
 
 LEVELS = [8, 5, 3]
 
@@ -21,7 +25,8 @@ LEVELS = [8, 5, 3]
 def test_digits_follow_the_tokenizers_code_numbering():
     fsq = FSQ(LEVELS)
     codes = torch.arange(math.prod(LEVELS))
-    digits = code_digits(codes, LEVELS)
+    digits = index_digits(codes, LEVELS)
+    assert torch.equal(digits[:, 0] + 8 * (digits[:, 1] + 5 * digits[:, 2]), codes)
     assert torch.equal(fsq.codes_to_indices(fsq.indices_to_codes(codes)), codes)
     # FSQ's codes are the digits centred and scaled by each level's half width.
     half_width = torch.tensor([4, 2, 1])
@@ -49,6 +54,9 @@ def test_digit_loss_equals_code_cross_entropy_in_value_and_gradient():
     (full_grad,) = torch.autograd.grad(full, logits)
     torch.testing.assert_close(loss, full)
     torch.testing.assert_close(grad, full_grad)
+    per_token = digit_token_log_prob(logits, targets, LEVELS)
+    expected = digit_log_probs(logits, LEVELS).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(per_token, expected)
 
 
 def test_a_digit_head_needs_levels_that_number_the_vocabulary():
