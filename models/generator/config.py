@@ -30,6 +30,12 @@ class GeneratorConfig(BaseModel):
     output_levels: list[int] | None = Field(
         None, description="the tokenizer's FSQ levels, for output_head digits"
     )
+    copy_previous: bool = Field(
+        False,
+        description="a copy head (copy_head.py): a learned gate mixes 'repeat the token at this "
+        "position and scale in the previous latent frame' into the head's distribution; "
+        "next_scale schedules only, eager decoding",
+    )
     num_classes: int = 101  # class ids 0..num_classes-1; id num_classes is the null class
     n_layer: int = 24
     n_head: int = 16

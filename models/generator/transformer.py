@@ -30,7 +30,16 @@ from models.generator.attention import (
 )
 from models.generator.chunked_loss import chunked_cross_entropy
 from models.generator.config import GeneratorConfig
-from models.generator.digit_head import digit_cross_entropy, digit_log_probs
+from models.generator.copy_head import (
+    DigitTransition,
+    copy_mixture_log_prob,
+    copy_mixture_log_probs,
+)
+from models.generator.digit_head import (
+    digit_cross_entropy,
+    digit_log_probs,
+    digit_token_log_prob,
+)
 from models.generator.kv_cache import KVCache
 
 NUM_PREFIX = 1  # the class token
@@ -162,7 +171,19 @@ class Generator(nn.Module):
         self.digit_levels = config.output_levels if config.output_head == "digits" else None
         width = sum(self.digit_levels) if self.digit_levels else config.vocab_size
         self.head = nn.Linear(config.n_embd, width, bias=False)
+        # The copy head's gate (copy_head.py): one logit per position, from the same hidden state.
+        self.copy_gate = nn.Linear(config.n_embd, 1) if config.copy_previous else None
+        # ... and, for a digit head, logits from the copy source's digits (copy_head.py).
+        self.digit_transition = (
+            DigitTransition(self.digit_levels)
+            if config.copy_previous and self.digit_levels is not None
+            else None
+        )
         self.apply(self._init_weights)
+        if self.copy_gate is not None:
+            nn.init.zeros_(self.copy_gate.bias)  # an even mixture until the data says otherwise
+        if self.digit_transition is not None:
+            self.digit_transition.reset_parameters()
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 # GPT-2: residual writes shrink with depth so the stream's variance stays put.
@@ -289,8 +310,33 @@ class Generator(nn.Module):
             return x
         return self.project_to_vocab(x)  # (B, L - logits_from, V)
 
-    def project_to_vocab(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) hidden states -> (B, L, V) logits (a digit head: log-probabilities)."""
+    def project_to_vocab(
+        self, x: torch.Tensor, copy_from: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L, C) hidden states -> (B, L, V) logits (a digit head or a copy head:
+        log-probabilities). copy_from: (B, L) the copy head's sources (copy_head.py), which a
+        model with one needs."""
+        if self.copy_gate is not None:
+            if copy_from is None:
+                raise ValueError(
+                    "this generator has a copy head (copy_previous): its distribution needs the "
+                    "copy sources, copy_from (VideoAR supplies them)"
+                )
+            if self.digit_levels is not None:
+                log_probs = digit_log_probs(self._digit_logits(x, copy_from), self.digit_levels)
+            else:
+                log_probs = F.log_softmax(self._head_logits(x).float(), dim=-1)
+            return copy_mixture_log_probs(log_probs, self.copy_gate(x).squeeze(-1), copy_from)
+        return self._head_logits(x)
+
+    def _digit_logits(self, x: torch.Tensor, copy_from: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., sum(levels)) digit logits, with the copy source's transition logits if any."""
+        logits = self.head(x)
+        if self.digit_transition is not None and copy_from is not None:
+            logits = logits + self.digit_transition(copy_from).to(logits.dtype)
+        return logits
+
+    def _head_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.digit_levels is not None:
             return digit_log_probs(self.head(x), self.digit_levels)
         B, L, C = x.shape
@@ -300,12 +346,45 @@ class Generator(nn.Module):
         # (rows, C) @ (C, V) for a few rows (measured 45 vs 55 ms for 16 rows of a 64k head).
         return (self.head.weight @ x.reshape(B * L, C).T).T.contiguous().view(B, L, -1)
 
+    def token_log_prob(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        copy_from: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(...) log-probabilities of code indices (...) under the head alone (no copy gate),
+        from normed hidden states (..., C); a digit head's copy-source logits included."""
+        if self.digit_levels is not None:
+            logits = self._digit_logits(hidden, copy_from)
+            return digit_token_log_prob(logits, targets, self.digit_levels)
+        log_probs = F.log_softmax(self.head(hidden).float(), dim=-1)
+        return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
     def token_loss(
-        self, hidden: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_rows: int | None = None,
+        copy_from: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy (nats) of normed hidden states (..., C) (``return_hidden``)
         against code indices (...): per digit for a digit head, else over the vocabulary, in
-        chunks of ``chunk_rows`` rows when given (chunked_loss.py)."""
+        chunks of ``chunk_rows`` rows when given (chunked_loss.py). A copy head mixes in its
+        copy sources ``copy_from`` (...) (copy_head.py)."""
+        if self.copy_gate is not None:
+            if copy_from is None:
+                raise ValueError(
+                    "this generator has a copy head (copy_previous): its loss needs the copy "
+                    "sources, copy_from (VideoAR supplies them)"
+                )
+            if chunk_rows is not None and self.digit_levels is None:
+                raise ValueError(
+                    "a copy head over the whole vocabulary has no chunked loss: use "
+                    "output_head digits, or leave loss_chunk_rows unset"
+                )
+            gate = self.copy_gate(hidden).squeeze(-1)
+            head = self.token_log_prob(hidden, targets, copy_from)
+            return -copy_mixture_log_prob(head, gate, targets, copy_from).mean()
         if self.digit_levels is not None:
             return digit_cross_entropy(self.head(hidden), targets, self.digit_levels)
         if chunk_rows is not None:

@@ -43,6 +43,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from models.generator.config import VideoARConfig
+from models.generator.copy_head import NO_SOURCE
 from models.generator.error_correction import (
     corrupt_infinity,
     corrupt_legacy,
@@ -255,6 +256,18 @@ class VideoAR(nn.Module):
             for part, (h, w) in zip(frames.split(sizes, dim=2), self.shapes, strict=True)
         ]
 
+    def copy_source(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, N) in schedule order: the token at the same position and scale one frame earlier
+        (the copy head's source, copy_head.py), NO_SOURCE in the first frame."""
+        flat = self.flatten(indices)
+        first = torch.full_like(flat[:, : self.tokens_per_frame], NO_SOURCE)
+        return torch.cat([first, flat[:, : -self.tokens_per_frame]], dim=1)
+
+    @property
+    def copies(self) -> bool:
+        """Whether the generator has a copy head, which needs ``copy_source``."""
+        return self.generator.copy_gate is not None
+
     def _check(self, indices: Sequence[torch.Tensor]) -> None:
         if len(indices) != self.num_scales:
             raise ValueError(
@@ -419,9 +432,11 @@ class VideoAR(nn.Module):
         perturb: bool | None = None,
         backend: str = "auto",
         return_hidden: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_copy_source: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Teacher-forced (logits (B, N, V), targets (B, N)) over the predicting positions
-        (the normed hidden states (B, N, C) instead of logits with ``return_hidden``).
+        (the normed hidden states (B, N, C) instead of logits with ``return_hidden``; and the
+        copy head's sources (B, N) third with ``return_copy_source``: see ``copy_source``).
 
         perturb (default: self.training) switches on error correction and the frame mask.
         continuous: the tokenizer's continuous latent, for error correction's "infinity" mode
@@ -443,13 +458,20 @@ class VideoAR(nn.Module):
         layout = self.layout(T).to(device)
         if visibility is not None:
             visibility = visibility.to(device)
-        logits = self.generator(
+        out = self.generator(
             self.embed_inputs(inputs), layout.coords, layout.group, labels,
             visibility=visibility, backend=backend,
             logits_at=layout.predicting if layout.has_context else None,
-            return_hidden=return_hidden,
+            return_hidden=return_hidden or self.copies,
         )  # fmt: skip
-        return logits, self.flatten(targets)
+        # The copy source is what the model was shown of the previous frame (corrupted inputs
+        # in training), as in sampling it is what was sampled.
+        copy_from = self.copy_source(inputs) if self.copies or return_copy_source else None
+        if self.copies and not return_hidden:
+            out = self.generator.project_to_vocab(out, copy_from)
+        if return_copy_source:
+            return out, self.flatten(targets), copy_from
+        return out, self.flatten(targets)
 
     def loss(
         self,
@@ -462,16 +484,21 @@ class VideoAR(nn.Module):
         from_frame: int = 0,
     ) -> torch.Tensor:
         """Mean cross-entropy (nats) over the targets of frames >= from_frame."""
-        hidden, targets = self(
+        hidden, targets, copy_from = self(
             indices,
             labels,
             continuous=continuous,
             generator=generator,
             perturb=perturb,
             return_hidden=True,
+            return_copy_source=True,
         )
         skip = from_frame * self.tokens_per_frame
-        return self.generator.token_loss(hidden[:, skip:], targets[:, skip:])
+        return self.generator.token_loss(
+            hidden[:, skip:],
+            targets[:, skip:],
+            copy_from=copy_from[:, skip:] if self.copies else None,
+        )
 
 
 def cfg_ramp(cfg_scale: float, num_scales: int, ramp: bool) -> list[float]:
@@ -526,6 +553,11 @@ def generate_videoar(
     see static_decode.py), which gives the same tokens.
     """
     check_decode_mode(decode)
+    if model.copies and decode != "eager":
+        raise ValueError(
+            f"decode={decode!r}: a generator with a copy head (copy_previous) decodes eagerly "
+            "only; use decode='eager'"
+        )
     net = model.generator
     device = net.head.weight.device
     was_training = model.training
@@ -620,7 +652,18 @@ def generate_videoar(
                         x, layout.coords[chunk_start:end], layout.group[chunk_start:end],
                         labels if chunk_start == 0 else None, cache=cache, start=chunk_start,
                         logits_from=first - chunk_start, visibility=visibility,
+                        return_hidden=model.copies,
                     )  # fmt: skip
+                    if model.copies:
+                        h, w = model.shapes[k]
+                        source = (
+                            indices[k][:, t - 1].reshape(B, h * w)
+                            if t > 0
+                            else torch.full((B, h * w), NO_SOURCE, device=device)
+                        )
+                        logits = net.project_to_vocab(
+                            logits, torch.cat([source, source]) if guided else source
+                        )
                 rows_frame.extend(content_frame[chunk_start:end])
                 rows_scale.extend(scale_of[chunk_start:end])
                 max_len = max(max_len, cache.length)

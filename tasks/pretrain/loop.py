@@ -177,25 +177,30 @@ class StageModel:
         if isinstance(self.module, FAR):  # flow matching: the mean squared velocity error
             return wrapped(batch.continuous, batch.labels, clean_context=perturb)
         chunk_rows = self.spec.options.loss_chunk_rows
-        # The head is applied here: a chunk of rows at a time, or per FSQ digit.
-        hidden = chunk_rows is not None or self.generator.digit_levels is not None
+        # The head is applied here: a chunk of rows at a time, per FSQ digit, or with a copy gate.
+        generator = self.generator
+        hidden = chunk_rows is not None or generator.digit_levels is not None
+        hidden = hidden or generator.copy_gate is not None
+        copy_from = None
         if isinstance(self.module, VideoAR):
-            out, targets = wrapped(
+            out, targets, copy_from = wrapped(
                 batch.scales,
                 batch.labels,
                 continuous=batch.continuous,
                 perturb=perturb,
                 return_hidden=hidden,
+                return_copy_source=True,
             )
         else:
             schedule = self.schedule.to(batch.labels.device)
             targets = schedule.tokens_to_sequence(batch.scales[0])  # (B, N)
-            inputs = schedule.input_ids(targets, self.generator.config.vocab_size)
+            inputs = schedule.input_ids(targets, generator.config.vocab_size)
             out = wrapped(
                 inputs, schedule.coords, schedule.group, batch.labels, return_hidden=hidden
             )
         if hidden:
-            return self.generator.token_loss(out, targets, chunk_rows)
+            copies = generator.copy_gate is not None
+            return generator.token_loss(out, targets, chunk_rows, copy_from if copies else None)
         return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
 
 

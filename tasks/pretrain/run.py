@@ -131,6 +131,11 @@ def check_stages(pretrain: PretrainConfig, tokenizer: TokenizerConfig) -> None:
         )
     for index, stage in enumerate(pretrain.stages):
         where = f"pretrain.stages[{index}] ({stage.name})"
+        if pretrain.model.copy_previous and stage.schedule != "next_scale":
+            raise ValueError(
+                f"{where}: schedule {stage.schedule}: pretrain.model.copy_previous (the copy "
+                "head) copies from the previous frame's pyramid and serves next_scale stages only"
+            )
         try:
             tokenizer.check_clip_shape(stage.frames, stage.resolution, stage.resolution)
         except ValueError as exc:

@@ -133,7 +133,8 @@ def test_a_next_scale_stage_trains_with_error_correction_and_the_frame_mask_on(t
     assert spec.train.continuous is not None  # the latents the corrections re-quantize from
 
 
-def test_a_next_scale_stage_with_a_digit_head_learns_and_saves_the_head(tmp_path):
+@pytest.mark.parametrize("copy_previous", [False, True])
+def test_a_next_scale_stage_with_a_digit_head_learns_and_saves_the_head(tmp_path, copy_previous):
     scales = [1, 2, 4]
     tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
     videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
@@ -142,7 +143,7 @@ def test_a_next_scale_stage_with_a_digit_head_learns_and_saves_the_head(tmp_path
         lr=3e-3,
     )  # fmt: skip
     events = []
-    digits = {"output_head": "digits", "output_levels": [4, 4]}
+    digits = {"output_head": "digits", "output_levels": [4, 4], "copy_previous": copy_previous}
     spec = _spec(tmp_path, tokens, stage, "digits", videoar=videoar, model=digits)
     result = run_stage(spec, dataclasses.replace(WorkerContext(), publish=events.append))
     losses = [
@@ -151,6 +152,7 @@ def test_a_next_scale_stage_with_a_digit_head_learns_and_saves_the_head(tmp_path
     assert losses[-1] < losses[0]
     model = load_generator_from_dir(result.final_checkpoint)
     assert model.generator.digit_levels == [4, 4] and model.generator.head.out_features == 8
+    assert (model.generator.copy_gate is not None) == copy_previous
     # Held-out bits/token is the code cross-entropy of the product of the digits' softmaxes.
     clips = spec.val
     batch = [torch.from_numpy(a) for a in clips.scales]

@@ -118,6 +118,13 @@ def _tokenizer(scales=None) -> TokenizerConfig:
     return TokenizerConfig(base_channels=4, channel_multipliers=[1, 1, 1, 1], scales=scales)
 
 
+def test_a_copy_head_on_a_stage_other_than_next_scale_is_refused_naming_the_field():
+    stage = {"name": "s", "resolution": 32, "frames": 9, "schedule": "ntp", "steps": 1}
+    config = PretrainConfig(stages=[stage], model={"copy_previous": True})
+    with pytest.raises(ValueError, match=r"stages\[0\] \(s\): schedule ntp: pretrain.model.copy"):
+        check_stages(config, _tokenizer(None))
+
+
 @pytest.mark.parametrize(
     ("stage", "scales", "message"),
     [
