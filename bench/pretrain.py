@@ -5,6 +5,8 @@
 2. Learning: the demo's stages (`pretrain` with the demo config), then held-out bits/token of the
    last stage against two weightless baselines fitted on the same training shards and scored on
    the same held-out shards (tasks/pretrain/baselines.py). Goal: ≤ 0.9× the better baseline.
+   The same stages are trained again in this process with and without the copy head
+   (models/generator/copy_head.py), so the head's share of the result is on record.
 3. Throughput: the last stage's tokens, the demo model, the same per-worker batch, trained for
    --steps steps on 1 and on 2 Ray workers (DDP over gloo), alternating, twice each; tokens/s
    counts from the first to the last step of rank 0 (Ray start-up excluded); medians.
@@ -74,6 +76,40 @@ def throughput(config: ArvidConfig, spec: StageSpec, workers: int, steps: int) -
     return result.tokens_per_s
 
 
+def in_process_val_bits(
+    config: ArvidConfig, summary, tokenizer, copy_previous: bool, run_dir: Path
+) -> float:
+    """Held-out bits/token after the demo stages trained in this process (no Ray, one worker,
+    the same global batch), with or without the copy head: the head's share of the result."""
+    from tasks.pretrain.loop import run_stage
+    from tasks.pretrain.run import generator_config, videoar_config
+
+    model = config.pretrain.model.model_copy(update={"copy_previous": copy_previous})
+    pretrain_config = config.pretrain.model_copy(update={"model": model})
+    init_from, val_bits = None, float("nan")
+    for index, (stage, done) in enumerate(zip(config.pretrain.stages, summary.stages, strict=True)):
+        tokens = read_token_dataset(done.tokens_uri)
+        train_shards, val_shards = tokens.split(config.pretrain.val_shards)
+        classes = class_names(tokens.rows)
+        spec = StageSpec(
+            stage=stage,
+            model=generator_config(pretrain_config, tokenizer.config.levels, len(classes)),
+            videoar=videoar_config(tokenizer.config, stage)
+            if stage.schedule == "next_scale"
+            else None,
+            train=load_token_clips(tokens, train_shards, classes, len(classes)),
+            val=load_token_clips(tokens, val_shards, classes, len(classes)),
+            run_dir=str(run_dir / f"{index:02d}-{time.time_ns()}"),
+            init_from=init_from,
+            seed=config.pretrain.seed,
+            options=TrainOptions(checkpoint_every=10**9, log_every=10**9),
+            storage=config.storage,
+        )
+        result = run_stage(spec)
+        init_from, val_bits = result.final_checkpoint, result.val_bits
+    return val_bits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer videos and tokenizer steps")
@@ -123,6 +159,11 @@ def main() -> None:
         options=TrainOptions(checkpoint_every=10**9, log_every=10**9),
         storage=config.storage,
     )
+    # The copy head's share: the same stages in this process, with and without it.
+    in_process = {
+        flag: in_process_val_bits(config, summary, tokenizer, flag, root / "copy-ablation")
+        for flag in (True, False)
+    }
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(2):
         for workers in (1, 2):
@@ -136,11 +177,18 @@ def main() -> None:
         "stages": [s.name for s in summary.stages],
         "stage_steps": [s.steps for s in config.pretrain.stages],
         "model": f"{config.pretrain.model.n_layer} layers x {config.pretrain.model.n_embd} wide, "
-        f"output head {config.pretrain.model.output_head}",
+        f"output head {config.pretrain.model.output_head}, "
+        f"copy head {config.pretrain.model.copy_previous}",
         "final_val_bits_per_token": round(last.val_bits, 4),
         "final_train_bits_per_token": round(last.train_bits, 4),
         **{k: round(v, 4) for k, v in baselines.items()},
         "val_over_best_baseline_ratio": round(ratio, 4),
+        # In-process runs of the same stages (1 worker): the copy head's share of the result.
+        "in_process_val_bits_copy_head": round(in_process[True], 4),
+        "in_process_val_bits_no_copy_head": round(in_process[False], 4),
+        "in_process_no_copy_over_best_baseline_ratio": round(
+            in_process[False] / baselines["best_baseline_bits_per_token"], 4
+        ),
         "train_clips": len(train),
         "val_clips": len(val),
         "tokens_per_clip": train.tokens_per_clip,
