@@ -210,10 +210,17 @@ def test_fsdp_on_two_workers_trains_and_resumes_to_the_weights_of_ddp(tmp_path):
     tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
     videoar = VideoARConfig(levels=[4, 4], scales=scales, latent_hw=(4, 4))
 
+    # The copy head over a digit head: the output layers run on the hidden states outside the
+    # wrapped forward (as the chunked loss does), the path that FSDP could get wrong.
+    head = {"output_head": "digits", "output_levels": [4, 4], "copy_previous": True}
+
     def fit(run: str, steps: int, fsdp: bool):
         stage = StageConfig(name="s", resolution=32, frames=9, schedule="next_scale", steps=steps,
                             batch_size=4, lr=3e-3, error_correction={"enabled": True})  # fmt: skip
-        spec = _spec(tmp_path, tokens, stage, run, videoar=videoar, checkpoint_every=2, fsdp=fsdp)
+        spec = _spec(
+            tmp_path, tokens, stage, run, videoar=videoar, model=head, checkpoint_every=2,
+            fsdp=fsdp,
+        )  # fmt: skip
         return fit_stage(spec, WorkerGroup(num_workers=2), RayConfig(num_cpus=2), ignore_event)
 
     ddp = fit("ddp", 4, fsdp=False)
@@ -228,6 +235,8 @@ def test_fsdp_on_two_workers_trains_and_resumes_to_the_weights_of_ddp(tmp_path):
     assert resumed.resumed_from_step == 2 and resumed.steps == 4
     b, c = _weights(resumed), _weights(ddp)
     assert a.keys() == b.keys() == c.keys()  # whole tensors under the module's own names
+    assert any(k.endswith("copy_gate.weight") for k in a)
+    assert max(float(v.abs().max()) for k, v in a.items() if "digit_transition" in k) > 0
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6  # resume is exact
     # Against DDP only the order of float sums differs; AdamW's normalised steps turn that into
     # at most ~lr per step on weights whose gradients are near zero (measured: 4e-3 after 4 steps).
