@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.generator.config import FARConfig, GeneratorConfig, VideoARConfig
@@ -176,32 +175,30 @@ class StageModel:
         """Mean cross-entropy (nats) through `wrapped` (the DDP module or the module itself)."""
         if isinstance(self.module, FAR):  # flow matching: the mean squared velocity error
             return wrapped(batch.continuous, batch.labels, clean_context=perturb)
-        chunk_rows = self.spec.options.loss_chunk_rows
-        # The head is applied here: a chunk of rows at a time, per FSQ digit, or with a copy gate.
+        # The output layers run here, on the hidden states: over chunks of rows, per FSQ digit,
+        # with a copy head's sources, or plainly (Generator.token_loss serves every case).
         generator = self.generator
-        hidden = chunk_rows is not None or generator.digit_levels is not None
-        hidden = hidden or generator.copy_gate is not None
         copy_from = None
         if isinstance(self.module, VideoAR):
-            out, targets, copy_from = wrapped(
+            hidden, targets, copy_from = wrapped(
                 batch.scales,
                 batch.labels,
                 continuous=batch.continuous,
                 perturb=perturb,
-                return_hidden=hidden,
+                return_hidden=True,
                 return_copy_source=True,
             )
         else:
             schedule = self.schedule.to(batch.labels.device)
             targets = schedule.tokens_to_sequence(batch.scales[0])  # (B, N)
             inputs = schedule.input_ids(targets, generator.config.vocab_size)
-            out = wrapped(
-                inputs, schedule.coords, schedule.group, batch.labels, return_hidden=hidden
+            hidden = wrapped(
+                inputs, schedule.coords, schedule.group, batch.labels, return_hidden=True
             )
-        if hidden:
-            copies = generator.copy_gate is not None
-            return generator.token_loss(out, targets, chunk_rows, copy_from if copies else None)
-        return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten())
+        copies = generator.copy_gate is not None
+        return generator.token_loss(
+            hidden, targets, self.spec.options.loss_chunk_rows, copy_from if copies else None
+        )
 
 
 @torch.no_grad()
