@@ -316,18 +316,19 @@ class Generator(nn.Module):
         """(B, L, C) hidden states -> (B, L, V) logits (a digit head or a copy head:
         log-probabilities). copy_from: (B, L) the copy head's sources (copy_head.py), which a
         model with one needs."""
-        if self.copy_gate is not None:
-            if copy_from is None:
-                raise ValueError(
-                    "this generator has a copy head (copy_previous): its distribution needs the "
-                    "copy sources, copy_from (VideoAR supplies them)"
-                )
-            if self.digit_levels is not None:
-                log_probs = digit_log_probs(self._digit_logits(x, copy_from), self.digit_levels)
-            else:
-                log_probs = F.log_softmax(self._head_logits(x).float(), dim=-1)
-            return copy_mixture_log_probs(log_probs, self.copy_gate(x).squeeze(-1), copy_from)
-        return self._head_logits(x)
+        if self.copy_gate is not None and copy_from is None:
+            raise ValueError(
+                "this generator has a copy head (copy_previous): its distribution needs the "
+                "copy sources, copy_from (VideoAR supplies them)"
+            )
+        if self.digit_levels is not None:
+            out = digit_log_probs(self._digit_logits(x, copy_from), self.digit_levels)
+        else:
+            out = self._vocab_logits(x)
+        if self.copy_gate is None:
+            return out
+        log_probs = out if self.digit_levels is not None else F.log_softmax(out.float(), dim=-1)
+        return copy_mixture_log_probs(log_probs, self.copy_gate(x).squeeze(-1), copy_from)
 
     def _digit_logits(self, x: torch.Tensor, copy_from: torch.Tensor | None = None) -> torch.Tensor:
         """(..., sum(levels)) digit logits, with the copy source's transition logits if any."""
@@ -336,9 +337,8 @@ class Generator(nn.Module):
             logits = logits + self.digit_transition(copy_from).to(logits.dtype)
         return logits
 
-    def _head_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.digit_levels is not None:
-            return digit_log_probs(self.head(x), self.digit_levels)
+    def _vocab_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) -> (B, L, V) logits of a softmax head over every code."""
         B, L, C = x.shape
         if x.device.type != "cpu" or B * L > 64:
             return self.head(x)
@@ -370,7 +370,7 @@ class Generator(nn.Module):
         """Mean cross-entropy (nats) of normed hidden states (..., C) (``return_hidden``)
         against code indices (...): per digit for a digit head, else over the vocabulary, in
         chunks of ``chunk_rows`` rows when given (chunked_loss.py). A copy head mixes in its
-        copy sources ``copy_from`` (...) (copy_head.py)."""
+        copy sources ``copy_from`` (...) (copy_head.py); without one they are ignored."""
         if self.copy_gate is not None:
             if copy_from is None:
                 raise ValueError(

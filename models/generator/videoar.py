@@ -435,8 +435,9 @@ class VideoAR(nn.Module):
         return_copy_source: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """Teacher-forced (logits (B, N, V), targets (B, N)) over the predicting positions
-        (the normed hidden states (B, N, C) instead of logits with ``return_hidden``; and the
-        copy head's sources (B, N) third with ``return_copy_source``: see ``copy_source``).
+        (the normed hidden states (B, N, C) instead of logits with ``return_hidden``; and third
+        with ``return_copy_source``, the copy head's sources (B, N), or None without a copy head:
+        see ``copy_source``).
 
         perturb (default: self.training) switches on error correction and the frame mask.
         continuous: the tokenizer's continuous latent, for error correction's "infinity" mode
@@ -466,7 +467,7 @@ class VideoAR(nn.Module):
         )  # fmt: skip
         # The copy source is what the model was shown of the previous frame (corrupted inputs
         # in training), as in sampling it is what was sampled.
-        copy_from = self.copy_source(inputs) if self.copies or return_copy_source else None
+        copy_from = self.copy_source(inputs) if self.copies else None
         if self.copies and not return_hidden:
             out = self.generator.project_to_vocab(out, copy_from)
         if return_copy_source:
@@ -494,11 +495,9 @@ class VideoAR(nn.Module):
             return_copy_source=True,
         )
         skip = from_frame * self.tokens_per_frame
-        return self.generator.token_loss(
-            hidden[:, skip:],
-            targets[:, skip:],
-            copy_from=copy_from[:, skip:] if self.copies else None,
-        )
+        if copy_from is not None:
+            copy_from = copy_from[:, skip:]
+        return self.generator.token_loss(hidden[:, skip:], targets[:, skip:], copy_from=copy_from)
 
 
 def cfg_ramp(cfg_scale: float, num_scales: int, ramp: bool) -> list[float]:

@@ -13,6 +13,7 @@ every value by its slope (~0.86 at zero on 8 levels) and recover only part of ea
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -25,14 +26,19 @@ from models.tokenizer.config import check_quantizer
 _BOUND_EPS = 1e-3
 
 
+@functools.cache
+def _radix(levels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(place values, levels) as long tensors on `device`, made once per levels and device."""
+    basis = torch.cumprod(torch.tensor((1, *levels[:-1]), dtype=torch.long), dim=0)
+    return basis.to(device), torch.tensor(levels, dtype=torch.long).to(device)
+
+
 def index_digits(indices: Tensor, levels: Sequence[int]) -> Tensor:
     """Indices (...) -> mixed-radix digits (..., D), digit i in [0, levels[i]): the inverse of
     index = sum_i digit_i * prod_{j<i} L_j."""
-    basis = torch.cumprod(
-        torch.tensor((1, *levels[:-1]), dtype=torch.long, device=indices.device), dim=0
-    )
+    basis, levels_t = _radix(tuple(int(level) for level in levels), indices.device)
     place = torch.div(indices.long().unsqueeze(-1), basis, rounding_mode="floor")
-    return torch.remainder(place, torch.tensor(levels, dtype=torch.long, device=indices.device))
+    return torch.remainder(place, levels_t)
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -56,7 +62,6 @@ class FSQ(nn.Module):
         # (the FSQ paper writes tan here, equal to first order; atanh keeps zero a fixed point).
         shift = torch.atanh(offset / half_l)
         # Non-persistent: these are functions of `levels`, not weights, so checkpoints omit them.
-        self.register_buffer("_levels", levels_t, persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
         self.register_buffer("_half_l", half_l, persistent=False)
         self.register_buffer("_offset", offset, persistent=False)

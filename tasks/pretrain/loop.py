@@ -195,10 +195,7 @@ class StageModel:
             hidden = wrapped(
                 inputs, schedule.coords, schedule.group, batch.labels, return_hidden=True
             )
-        copies = generator.copy_gate is not None
-        return generator.token_loss(
-            hidden, targets, self.spec.options.loss_chunk_rows, copy_from if copies else None
-        )
+        return generator.token_loss(hidden, targets, self.spec.options.loss_chunk_rows, copy_from)
 
 
 @torch.no_grad()
