@@ -77,34 +77,30 @@ def throughput(config: ArvidConfig, spec: StageSpec, workers: int, steps: int) -
 
 
 def in_process_val_bits(
-    config: ArvidConfig, summary, tokenizer, copy_previous: bool, run_dir: Path
+    config: ArvidConfig,
+    summary,
+    tokenizer,
+    classes: list[str],
+    copy_previous: bool,
+    run_root: Path,
 ) -> float:
     """Held-out bits/token after the demo stages trained in this process (no Ray, one worker,
     the same global batch), with or without the copy head: the head's share of the result."""
     from tasks.pretrain.loop import run_stage
-    from tasks.pretrain.run import generator_config, videoar_config
+    from tasks.pretrain.run import generator_config, stage_spec
 
     model = config.pretrain.model.model_copy(update={"copy_previous": copy_previous})
-    pretrain_config = config.pretrain.model_copy(update={"model": model})
+    config = config.model_copy(
+        update={"pretrain": config.pretrain.model_copy(update={"model": model})}
+    )
+    run_root = run_root / f"copy-{copy_previous}-{time.time_ns()}"
+    model_config = generator_config(config.pretrain, tokenizer.config.levels, len(classes))
     init_from, val_bits = None, float("nan")
     for index, (stage, done) in enumerate(zip(config.pretrain.stages, summary.stages, strict=True)):
-        tokens = read_token_dataset(done.tokens_uri)
-        train_shards, val_shards = tokens.split(config.pretrain.val_shards)
-        classes = class_names(tokens.rows)
-        spec = StageSpec(
-            stage=stage,
-            model=generator_config(pretrain_config, tokenizer.config.levels, len(classes)),
-            videoar=videoar_config(tokenizer.config, stage)
-            if stage.schedule == "next_scale"
-            else None,
-            train=load_token_clips(tokens, train_shards, classes, len(classes)),
-            val=load_token_clips(tokens, val_shards, classes, len(classes)),
-            run_dir=str(run_dir / f"{index:02d}-{time.time_ns()}"),
-            init_from=init_from,
-            seed=config.pretrain.seed,
-            options=TrainOptions(checkpoint_every=10**9, log_every=10**9),
-            storage=config.storage,
-        )
+        spec = stage_spec(
+            config, index, stage, done.tokens_uri, model_config, tokenizer.config, classes,
+            str(run_root), init_from,
+        )  # fmt: skip
         result = run_stage(spec)
         init_from, val_bits = result.final_checkpoint, result.val_bits
     return val_bits
@@ -161,7 +157,7 @@ def main() -> None:
     )
     # The copy head's share: the same stages in this process, with and without it.
     in_process = {
-        flag: in_process_val_bits(config, summary, tokenizer, flag, root / "copy-ablation")
+        flag: in_process_val_bits(config, summary, tokenizer, classes, flag, root / "copy-ablation")
         for flag in (True, False)
     }
     rates: dict[int, list[float]] = {1: [], 2: []}

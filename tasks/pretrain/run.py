@@ -413,19 +413,21 @@ def pretrain(config: ArvidConfig) -> PretrainSummary:
     )
 
 
-def _run_stage(
+def stage_spec(
     config: ArvidConfig,
     index: int,
     stage: StageConfig,
-    tokens: TokenizeSummary,
-    model_config,
+    tokens_uri: str,
+    model_config: GeneratorConfig,
     tokenizer: TokenizerConfig,
     classes: list[str],
     run_root: str,
     init_from: str | None,
-) -> StageSummary:
+) -> StageSpec:
+    """What a worker needs to train stage `index` of the run on the token dataset `tokens_uri`:
+    its clips (held-out shards split off), token layout and training options."""
     pretrain_config = config.pretrain
-    token_data = read_token_dataset(tokens.tokens_uri)
+    token_data = read_token_dataset(tokens_uri)
     train_shards, val_shards = token_data.split(pretrain_config.val_shards)
     null_class = model_config.num_classes
     train = load_token_clips(token_data, train_shards, classes, null_class)
@@ -462,7 +464,26 @@ def _run_stage(
     )
     if pretrain_config.use_gpu:  # MFU needs it; counting builds the whole model once more
         spec.options.flops_per_token = flops_per_token(spec, train.tokens_per_clip)
-    total = stage.total_steps(train.tokens_per_clip)
+    return spec
+
+
+def _run_stage(
+    config: ArvidConfig,
+    index: int,
+    stage: StageConfig,
+    tokens: TokenizeSummary,
+    model_config: GeneratorConfig,
+    tokenizer: TokenizerConfig,
+    classes: list[str],
+    run_root: str,
+    init_from: str | None,
+) -> StageSummary:
+    spec = stage_spec(
+        config, index, stage, tokens.tokens_uri, model_config, tokenizer, classes, run_root,
+        init_from,
+    )  # fmt: skip
+    pretrain_config, run_dir = config.pretrain, spec.run_dir
+    total = stage.total_steps(spec.train.tokens_per_clip)
     tags = {
         "arvid.step": "pretrain-stage",
         "arvid.stage": stage.name,
