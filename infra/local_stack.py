@@ -329,6 +329,10 @@ class LocalStack:
         state = self._state()
         if state.pids.get(name) and group_alive(state.pids[name]):
             raise StackError(f"{name} is already running (process group {state.pids[name]})")
+        started = state.started_seconds
+        if name == "ray-worker" and started.get(name, 0) > started.get("ray-head", time.time()):
+            # This head has seen an earlier worker, which may still count as alive.
+            self._wait_ray_node_gone("worker")
         args, env, user = getattr(self, "_command_" + name.replace("-", "_"))()
         self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path(name), "a") as log:
@@ -693,21 +697,44 @@ class LocalStack:
 
     def ray_nodes(self, timeout: float = 90.0) -> int:
         """How many Ray nodes are alive, asked from a separate driver process."""
+        code = "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        return int(self._ray_driver(code, timeout=timeout))
+
+    def _wait_ray_node_gone(self, node: str, timeout: float = _RAY_TIMEOUT) -> None:
+        """Block until the GCS lists no live node on `node`'s node-manager port.
+
+        A node killed a moment ago stays "alive" in the GCS until its health checks have failed
+        for a while, and a replacement on the same address and port answers those checks for
+        it: for some seconds the cluster holds a phantom node, and work placed on it never runs.
+        """
+        port = self._state().ports[f"ray_{node}_node_manager"]
         code = (
-            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+            "import time\n"
+            f"deadline = time.monotonic() + {timeout}\n"
+            "while any(n['Alive'] and n['NodeManagerPort'] == int(sys.argv[2])"
+            " for n in ray.nodes()):\n"
+            "    if time.monotonic() > deadline:\n"
+            "        sys.exit('a node on the port is still alive')\n"
+            "    time.sleep(1)\n"
+            "print('gone')"
         )
-        env = {**self._ray_env(), "RAY_ADDRESS": self.endpoints().ray_address}
+        self._ray_driver(code, str(port), timeout=timeout + 60)
+
+    def _ray_driver(self, code: str, *args: str, timeout: float) -> str:
+        """The last line `code` prints, run in a driver process connected to the cluster."""
+        address = self.endpoints().ray_address
+        prelude = "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+        env = {**self._ray_env(), "RAY_ADDRESS": address}
         out = subprocess.run(
-            [sys.executable, "-c", code, self.endpoints().ray_address],
+            [sys.executable, "-c", prelude + code, address, *args],
             capture_output=True,
             text=True,
             env=env,
             timeout=timeout,
         )
         if out.returncode != 0:
-            raise StackError(f"ray cluster at {self.endpoints().ray_address}: {out.stderr[-2000:]}")
-        return int(out.stdout.strip().splitlines()[-1])
+            raise StackError(f"ray cluster at {address}: {out.stderr[-2000:]}")
+        return out.stdout.strip().splitlines()[-1]
 
     def log_tail(self, name: str) -> str:
         """The end of one service's log."""

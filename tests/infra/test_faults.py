@@ -173,6 +173,8 @@ def test_ray_worker_node_killed_mid_training(
         time.sleep(OUTAGE_S)
         # A lost node comes back (as a cluster's autoscaler or a pod restart would bring it).
         local_stack.start_service("ray-worker")
+        # Only the replacement is alive: the killed node is not left as a phantom to place work on.
+        assert local_stack.ray_nodes() == 2
         result = _finish_or_rerun(local_stack, job, record, "train-tokenizer", *args)
     finally:
         if not local_stack.running()["ray-worker"]:
