@@ -21,6 +21,11 @@ and once, the weightless thumbnail baseline: each 8x8x(1, then 4)-frame cell of 
 averaged, stored as one of 64,000 RGB colours (40 levels per channel: the 16 bits a token spends)
 and upsampled bilinearly in space (held over the cell's frames in time).
 
+A fitted reference beside it, to read the goal against: a linear codec per latent cell, the
+principal components of the training clips' cells (one basis for first-frame cells, one for the
+4-frame cells) kept unquantized and projected back, with 6 dimensions (the tokenizer's latent
+width) and 12. It is an upper bound for any linear code of that width: rounding only loses more.
+
 Goals (issue 16): every seed >= baseline + 3 dB, for each tokenizer; every run within its budget.
 Usage: python bench/tokenizer.py [--budget-s 600] [--seeds 3] [--out PATH]
 """
@@ -60,6 +65,8 @@ from tasks.train.tokenizer_trainer import run_tokenizer_training, train_tokenize
 TAIL_ALLOWANCE_S = 20.0
 # The 16 bits a token spends, as RGB: 40 levels per channel (40**3 = 64,000 colours).
 THUMBNAIL_LEVELS = 40
+# Widths of the fitted linear reference: the tokenizer's latent (6 channels), and twice it.
+LINEAR_CODEC_DIMS = (6, 12)
 KINDS = {
     "multiscale": [],  # the demo config as it is
     "fsq": ["tokenizer_training.model.scales=null", "tokenizer_training.model.scale_gains=null"],
@@ -89,9 +96,9 @@ def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
     return train, held
 
 
-def held_out_clips(reference: str, config: ArvidConfig) -> torch.Tensor:
-    """Every held-out clip whole (all its frames at the training resolution, whatever window the
-    training cropped), centre-cropped and unflipped: (N, 3, T, S, S)."""
+def whole_clips(reference: str, config: ArvidConfig) -> torch.Tensor:
+    """Every clip of a dataset whole (all its frames at the training resolution, whatever window
+    the training cropped), centre-cropped and unflipped: (N, 3, T, S, S)."""
     data = ShardClipDataset(
         resolve_dataset(reference),
         config.tokenizer_training.resolution,
@@ -119,6 +126,42 @@ def thumbnail_baseline(
     up = rearrange(up, "(n t) c h w -> n c t h w", n=clips.shape[0])
     held = torch.cat([up[:, :, :1], up[:, :, 1:].repeat_interleave(temporal_factor, dim=2)], 2)
     return held.clamp(-1, 1)
+
+
+def linear_codec(
+    train: torch.Tensor, held: torch.Tensor, temporal_factor: int, spatial_factor: int, dims: int
+) -> torch.Tensor:
+    """`held` through a per-cell linear code fitted on `train`: each cell of the latent grid
+    (first frame alone, then groups of `temporal_factor`) projected onto the first `dims`
+    principal components of the training cells and back. (N, 3, T, H, W) -> the same shape."""
+
+    def cells(x: torch.Tensor, frames: int) -> torch.Tensor:
+        pattern = "n c (t f) (h a) (w b) -> (n t h w) (c f a b)"
+        return rearrange(x, pattern, f=frames, a=spatial_factor, b=spatial_factor)
+
+    def project(fit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mean = fit.mean(dim=0)
+        basis = torch.linalg.svd(fit - mean, full_matrices=False).Vh[:dims]
+        return (x - mean) @ basis.T @ basis + mean
+
+    parts = []
+    for sl, frames in ((slice(0, 1), 1), (slice(1, None), temporal_factor)):
+        rebuilt = project(cells(train[:, :, sl], frames), cells(held[:, :, sl], frames))
+        n, _, t, h, w = held[:, :, sl].shape
+        parts.append(
+            rearrange(
+                rebuilt,
+                "(n t h w) (c f a b) -> n c (t f) (h a) (w b)",
+                n=n,
+                t=t // frames,
+                h=h // spatial_factor,
+                w=w // spatial_factor,
+                f=frames,
+                a=spatial_factor,
+                b=spatial_factor,
+            )
+        )
+    return torch.cat(parts, dim=2).clamp(-1, 1)
 
 
 def evaluate(tokenizer: VideoTokenizer, clips: torch.Tensor) -> Evaluation:
@@ -241,7 +284,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="arvid-bench-tokenizer-") as tmp:
         root = Path(tmp)
         base = prepare_data(root, args.holdout)
-        clips = held_out_clips(str(root / "datasets" / "holdout"), base)
+        clips = whole_clips(str(root / "datasets" / "holdout"), base)
         model = base.tokenizer_training.model
         baseline = thumbnail_baseline(
             clips, model.temporal_factor, model.spatial_factor, THUMBNAIL_LEVELS
@@ -256,6 +299,13 @@ def main() -> None:
             }
         )
         print(f"thumbnail baseline {baseline_db:.2f} dB on {clips.shape[0]} clips", flush=True)
+        train_clips = whole_clips(str(root / "datasets" / "train"), base)
+        for dims in LINEAR_CODEC_DIMS:
+            linear = linear_codec(
+                train_clips, clips, model.temporal_factor, model.spatial_factor, dims
+            )
+            figures[f"linear_codec_{dims}d_psnr_db"] = round(float(psnr(linear, clips).mean()), 2)
+        del train_clips
         started = time.perf_counter()
         ensure_ray(run_config(root, kinds[0], 0, args.budget_s).ray)
         figures["ray_start_s"] = round(time.perf_counter() - started, 1)
