@@ -227,7 +227,10 @@ def test_a_run_without_progress_stops_at_its_deadline_and_a_rerun_resumes(
     with pytest.raises(RuntimeError, match=r"tokenization stalled: no batch finished in 4 s"):
         tokenize_dataset(cfg, worker=stalling_worker(victim))
     assert time.monotonic() - started < 120, "the deadline did not stop the run"
-    resumed = tokenize_dataset(cfg)
+    # The re-run keeps the default deadline: 4 s is tight enough for a loaded 2-core machine to
+    # miss while the killed run's actor is still being torn down (a CI failure).
+    rerun = config(workspace["tracking"], workspace["dataset"].dataset_root, str(tmp_path / "t"))
+    resumed = tokenize_dataset(rerun)
     # The stuck batch's shard is redone; shards finished before the deadline are usually kept.
     assert resumed.shards_new >= 1 and resumed.shards_new + resumed.shards_skipped == 2
     assert resumed.tokens_version == clean.tokens_version
