@@ -32,9 +32,11 @@ from tests.infra.stack_support import (
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 OUTAGE_S = 3.0  # how long a killed service stays down
-# Long enough that a fault lands mid-training (the clean run trains 6 steps).
-FAULT_STEPS = 30
-LONG_TRAIN = (*TRAIN, "--steps", str(FAULT_STEPS), "--set", "tokenizer_training.checkpoint_every=5")
+# Long enough that a fault lands mid-training (the clean run trains 6 steps): a step takes ~1 s
+# here, so ~12 steps are left after the first checkpoint, at step 4.
+FAULT_STEPS = 16
+LONG_TRAIN = (*TRAIN, "--steps", str(FAULT_STEPS), "--set", "tokenizer_training.checkpoint_every=4")
+MLFLOW_OUTAGE_S = 6.0  # shorter than the steps left: the outage lands while training runs
 
 
 @dataclass
@@ -191,7 +193,7 @@ def test_mlflow_down_during_training(local_stack: LocalStack, clean_run: CleanRu
     job = BackgroundJob(local_stack, "train-tokenizer", *args)
     wait_for("a first checkpoint", lambda: s3_keys(local_stack, f"{checkpoints}/"), 300, job)
     local_stack.stop_service("mlflow", signal.SIGKILL)
-    time.sleep(10)
+    time.sleep(MLFLOW_OUTAGE_S)
     local_stack.start_service("mlflow")
     result = job.wait()
     assert result.returncode == 0, result.output[-4000:]
