@@ -67,6 +67,7 @@ _STOP_SIGNAL = {"postgres": signal.SIGINT}
 # within 20 s (its GCS and raylet wait on each other); Ray keeps nothing the stack needs across a
 # restart (jobs keep their state in S3 and MLflow), so it gets 3 s.
 _STOP_GRACE_S = {"ray-head": 3.0, "ray-worker": 3.0}
+_DEFAULT_STOP_GRACE_S = 20.0
 _STARTUP_TIMEOUT = {"s3": 60.0, "postgres": 60.0, "mlflow": 180.0, "prefect": 180.0}
 _RAY_TIMEOUT = 180.0
 _RAY_HEALTH_CHECK_PERIOD_MS = 1000
@@ -291,13 +292,9 @@ class LocalStack:
         # Clients first (the Ray nodes, MLflow, Prefect), together: each may take many seconds
         # to shut down gracefully; then the stores they wrote to.
         for wave in (("ray-worker", "ray-head", "mlflow", "prefect"), ("postgres", "s3")):
-            groups = [
-                (pids[n], _STOP_SIGNAL.get(n, signal.SIGTERM), _STOP_GRACE_S.get(n, 20.0))
-                for n in wave
-                if n in pids
-            ]
-            with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
-                list(pool.map(lambda group: stop_group(*group), groups))
+            names = [n for n in wave if n in pids]
+            with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+                list(pool.map(lambda n: _stop_service_group(n, pids[n]), names))
         shutil.rmtree(self.state.ray_temp_dir, ignore_errors=True)
         return stopped
 
@@ -331,9 +328,7 @@ class LocalStack:
         pid = state.pids.pop(name, None)
         self._save_state()
         if pid is not None:
-            stop_group(
-                pid, sig or _STOP_SIGNAL.get(name, signal.SIGTERM), _STOP_GRACE_S.get(name, 20.0)
-            )
+            _stop_service_group(name, pid, sig)
 
     def start_service(self, name: str, wait: bool = True) -> None:
         """Start one service on its ports with its data (again, after a stop), health-checked."""
@@ -755,6 +750,12 @@ class LocalStack:
     def log_tail(self, name: str) -> str:
         """The end of one service's log."""
         return log_tail(self.log_path(name))
+
+
+def _stop_service_group(name: str, pgid: int, sig: int | None = None) -> None:
+    """Stop one service's process group with its own stop signal and grace (`sig` overrides)."""
+    grace = _STOP_GRACE_S.get(name, _DEFAULT_STOP_GRACE_S)
+    stop_group(pgid, sig or _STOP_SIGNAL.get(name, signal.SIGTERM), grace)
 
 
 def _to_bucket(value: Any, local: str, bucket: str) -> Any:
