@@ -165,6 +165,20 @@ def _temporal_stages(num_stages: int, temporal_factor: int) -> list[bool]:
     return [stage >= num_stages - num_temporal for stage in range(num_stages)]
 
 
+def patchify(x: Tensor, patch: int) -> Tensor:
+    """(B, C, T, H, W) -> (B, C * p * p, T, H / p, W / p): pixels folded into channels."""
+    if patch == 1:
+        return x
+    return rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=patch, q=patch)
+
+
+def unpatchify(x: Tensor, patch: int) -> Tensor:
+    """Inverse of patchify."""
+    if patch == 1:
+        return x
+    return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=patch, q=patch)
+
+
 class Encoder(nn.Module):
     """Video (B, C, T, H, W) -> latent (B, D, 1 + (T - 1) / tf, H / sf, W / sf)."""
 
@@ -177,11 +191,13 @@ class Encoder(nn.Module):
         temporal_factor: int,
         max_groups: int = 32,
         shortcuts: bool = True,
+        patch_size: int = 1,
     ):
         super().__init__()
         temporal = _temporal_stages(len(channels) - 1, temporal_factor)
         self.shortcuts = shortcuts
-        self.conv_in = CausalConv3d(in_channels, channels[0])
+        self.patch_size = patch_size
+        self.conv_in = CausalConv3d(in_channels * patch_size**2, channels[0])
         blocks: list[nn.Module] = []
         c_prev = channels[0]
         for level, c in enumerate(channels):
@@ -198,7 +214,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv3d(c_prev, latent_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(self.conv_in(x))
+        x = self.blocks(self.conv_in(patchify(x, self.patch_size)))
         x = self.mid(x)
         z = self.conv_out(F.silu(self.norm_out(x)))
         return z + resize_channels(x, z.shape[1]) if self.shortcuts else z
@@ -217,10 +233,13 @@ class Decoder(nn.Module):
         max_groups: int = 32,
         shortcuts: bool = True,
         linear_output: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
         temporal = _temporal_stages(len(channels) - 1, temporal_factor)
         self.shortcuts = shortcuts
+        self.patch_size = patch_size
+        out_channels = out_channels * patch_size**2
         c_prev = channels[-1]
         self.conv_in = CausalConv3d(latent_dim, c_prev)
         self.mid = nn.Sequential(
@@ -248,4 +267,5 @@ class Decoder(nn.Module):
         x = self.mid(x)
         x = self.blocks(x)
         out = self.conv_out(F.silu(self.norm_out(x)))
-        return out if self.linear_out is None else out + self.linear_out(x)
+        out = out if self.linear_out is None else out + self.linear_out(x)
+        return unpatchify(out, self.patch_size)

@@ -99,6 +99,11 @@ class TokenizerConfig(BaseModel):
     linear_output: bool = True
     temporal_factor: int = 4
     spatial_factor: int = 8
+    # Pixels folded into channels (space-to-depth) before the first conv and unfolded after the
+    # last one, as Cosmos's tokenizers patchify before their convs: the full-resolution level,
+    # where a narrow CPU model spends most of its time on its least efficient convs, goes away.
+    # spatial_factor = patch_size * 2**(len(channel_multipliers) - 1).
+    patch_size: int = 1
     levels: list[int] = [8, 8, 8, 5, 5, 5]
     # None: single-scale FSQ. Otherwise side lengths, coarse to fine, of the residual scales
     # (e.g. [1, 2, 4, 8, 16] for a 16x16 latent); see multiscale.scale_shapes for other sizes.
@@ -116,17 +121,20 @@ class TokenizerConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TokenizerConfig:
         stages = len(self.channel_multipliers) - 1
-        if self.spatial_factor < 2 or 2**stages != self.spatial_factor:
+        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size={self.patch_size}: must be a power of two")
+        if self.spatial_factor < 2 or self.patch_size * 2**stages != self.spatial_factor:
             raise ValueError(
                 f"spatial_factor={self.spatial_factor}: must be a power of two with "
-                f"log2(spatial_factor) + 1 channel_multipliers; got {len(self.channel_multipliers)}"
+                f"log2(spatial_factor / patch_size) + 1 channel_multipliers "
+                f"(patch_size={self.patch_size}); got {len(self.channel_multipliers)}"
             )
         if self.temporal_factor < 1 or self.temporal_factor & (self.temporal_factor - 1):
             raise ValueError(f"temporal_factor={self.temporal_factor}: must be a power of two")
-        if self.temporal_factor > self.spatial_factor:
+        if self.temporal_factor > 2**stages:
             raise ValueError(
-                f"temporal_factor={self.temporal_factor}: at most spatial_factor={self.spatial_factor} "
-                "(time is downsampled in the same stages as space)"
+                f"temporal_factor={self.temporal_factor}: at most {2**stages}, the conv stages' "
+                f"spatial_factor / patch_size (time is downsampled in the same stages as space)"
             )
         if self.num_res_blocks < 1 or self.base_channels < 1:
             raise ValueError("num_res_blocks and base_channels must be >= 1")

@@ -56,8 +56,11 @@ class VideoTokenizer(nn.Module):
             config.max_norm_groups,
             config.shortcuts,
         )
-        self.encoder = Encoder(config.in_channels, *args)
-        self.decoder = Decoder(config.in_channels, *args, linear_output=config.linear_output)
+        patch = config.patch_size
+        self.encoder = Encoder(config.in_channels, *args, patch_size=patch)
+        self.decoder = Decoder(
+            config.in_channels, *args, linear_output=config.linear_output, patch_size=patch
+        )
 
     @property
     def config(self) -> TokenizerConfig:

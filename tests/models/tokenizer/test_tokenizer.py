@@ -69,8 +69,9 @@ def test_decoding_a_latent_prefix_gives_exactly_the_first_frames():
         ({"spatial_factor": 16, "channel_multipliers": [1, 1, 2, 2, 4]}, (9, 64, 32), (3, 4, 2)),
         ({"temporal_factor": 2}, (7, 16, 24), (4, 2, 3)),
         ({"scales": [1, 2, 4]}, (9, 32, 32), (3, 4, 4)),
+        ({"patch_size": 2, "channel_multipliers": [1, 2, 4]}, (9, 32, 48), (3, 4, 6)),
     ],
-    ids=["image", "wide", "tall-17", "16x-space", "2x-time", "multiscale"],
+    ids=["image", "wide", "tall-17", "16x-space", "2x-time", "multiscale", "patch-2"],
 )
 @torch.no_grad()
 def test_shapes_round_trip_for_valid_sizes(overrides, shape, latent):
@@ -118,6 +119,12 @@ def test_configs_that_cannot_build_are_rejected_with_the_reason():
         TokenizerConfig(scales=[1, 2], scale_gains=[1.0])
     with pytest.raises(ValueError, match="scales"):
         TokenizerConfig(scales=[4, 2])
+    with pytest.raises(ValueError, match=r"spatial_factor=8.*patch_size=2"):
+        TokenizerConfig(patch_size=2)  # 2 x 2**3 is 16x, not 8x
+    with pytest.raises(ValueError, match="patch_size=3"):
+        TokenizerConfig(patch_size=3)
+    with pytest.raises(ValueError, match="temporal_factor=4: at most 2"):
+        TokenizerConfig(patch_size=4, channel_multipliers=[1, 2])  # one conv stage: 2x in time
 
 
 @pytest.mark.parametrize("scales", [None, [1, 2, 4]], ids=["fsq", "multiscale"])
@@ -212,6 +219,18 @@ def test_models_package_imports_no_pipeline_libraries():
     assert out.stdout.strip() == "[]"
 
 
+def test_patchify_folds_each_pixel_offset_into_its_own_channels_and_back():
+    from models.tokenizer.causal3d import patchify, unpatchify
+
+    x = torch.randn(2, 3, 5, 8, 12, generator=torch.Generator().manual_seed(0))
+    folded = patchify(x, 2)
+    assert folded.shape == (2, 12, 5, 4, 6)
+    assert torch.equal(folded[:, 0::4], x[..., 0::2, 0::2])  # channel c * 4 + row * 2 + column
+    assert torch.equal(folded[:, 3::4], x[..., 1::2, 1::2])
+    assert torch.equal(unpatchify(folded, 2), x)
+    assert patchify(x, 1) is x
+
+
 def test_resize_channels_averages_groups_and_keeps_the_channel_mean():
     from models.tokenizer.causal3d import resize_channels
 
@@ -225,10 +244,18 @@ def test_resize_channels_averages_groups_and_keeps_the_channel_mean():
     assert resize_channels(x, 32) is x
 
 
-@pytest.mark.parametrize("shortcuts", [True, False], ids=["shortcuts", "plain"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"shortcuts": True},
+        {"shortcuts": False},
+        {"patch_size": 2, "channel_multipliers": [1, 2, 4]},
+    ],
+    ids=["shortcuts", "plain", "patch-2"],
+)
 @torch.no_grad()
-def test_both_paths_stay_causal_with_and_without_shortcuts(shortcuts):
-    tokenizer = scrambled(tiny(shortcuts=shortcuts, scales=[1, 2, 4]))
+def test_both_paths_stay_causal_with_and_without_shortcuts(overrides):
+    tokenizer = scrambled(tiny(scales=[1, 2, 4], **overrides))
     clip = video(9)
     full = tokenizer.encode(clip)
     frames = tokenizer.decode(full.quantized)
