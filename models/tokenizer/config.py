@@ -73,7 +73,7 @@ class LossConfig(BaseModel):
     # VGG16 safetensors file (see perceptual.py); None turns the perceptual loss off.
     perceptual_weights_path: str | None = None
     perceptual_weight: float = 0.1
-    gan_weight: float = 0.1
+    gan_weight: float = Field(0.1, ge=0, description="0: reconstruction only, no GAN at any step")
     gan_start_step: int = 2000
     adaptive_weight_max: float = 1e4
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)

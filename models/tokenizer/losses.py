@@ -73,8 +73,9 @@ class TokenizerLoss(nn.Module):
         self.perceptual = build_perceptual_loss(config.perceptual_weights_path)
 
     def gan_active(self, step: int) -> bool:
-        """Whether the adversarial terms are on at this step (after the warm-up)."""
-        return step >= self.config.gan_start_step
+        """Whether the adversarial terms are on at this step (after the warm-up; never at
+        gan_weight 0, so that neither the discriminator nor its step costs anything)."""
+        return self.config.gan_weight > 0 and step >= self.config.gan_start_step
 
     def generator_loss(
         self, video: Tensor, reconstruction: Tensor, last_layer: Tensor, step: int

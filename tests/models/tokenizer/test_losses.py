@@ -88,6 +88,20 @@ def test_loss_step_runs_and_is_finite_before_and_after_gan_warmup():
             assert logs["gan_weight"].item() > 0.0 and d_loss.item() > 0.0
 
 
+def test_a_zero_gan_weight_keeps_the_gan_off_at_every_step():
+    tokenizer = tiny_tokenizer()
+    loss = TokenizerLoss(LossConfig(gan_weight=0.0, gan_start_step=0, discriminator=SMALL_D))
+    video = clip()
+    reconstruction, _ = tokenizer(video)
+    for step in (0, 10**6):
+        assert not loss.gan_active(step)
+        _, logs = loss.generator_loss(video, reconstruction, tokenizer.last_layer, step)
+        d_loss, _ = loss.discriminator_loss(video, reconstruction, step)
+        assert "loss/generator_gan" not in logs and d_loss.item() == 0.0
+    with pytest.raises(ValueError, match="gan_weight"):
+        LossConfig(gan_weight=-0.1)
+
+
 @pytest.fixture
 def vgg_file(tmp_path):
     torch.manual_seed(0)
