@@ -121,7 +121,7 @@ class TokenizerConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TokenizerConfig:
         stages = len(self.channel_multipliers) - 1
-        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
+        if not _power_of_two(self.patch_size):
             raise ValueError(f"patch_size={self.patch_size}: must be a power of two")
         if self.spatial_factor < 2 or self.patch_size * 2**stages != self.spatial_factor:
             raise ValueError(
@@ -129,7 +129,7 @@ class TokenizerConfig(BaseModel):
                 f"log2(spatial_factor / patch_size) + 1 channel_multipliers "
                 f"(patch_size={self.patch_size}); got {len(self.channel_multipliers)}"
             )
-        if self.temporal_factor < 1 or self.temporal_factor & (self.temporal_factor - 1):
+        if not _power_of_two(self.temporal_factor):
             raise ValueError(f"temporal_factor={self.temporal_factor}: must be a power of two")
         if self.temporal_factor > 2**stages:
             raise ValueError(
@@ -217,6 +217,10 @@ class TokenizerConfig(BaseModel):
         """Smallest square side in pixels whose latent keeps every scale on its own grid
         (finest scale = latent side); None for single-scale FSQ, which has no pyramid."""
         return None if self.scales is None else self.scales[-1] * self.spatial_factor
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
 
 
 def _nearby(size: int, step: int, offset: int) -> str:
