@@ -105,19 +105,35 @@ def resize_channels(x: Tensor, channels: int) -> Tensor:
     return x.unflatten(1, (channels, common // channels)).mean(dim=2)
 
 
-def space_time_to_channels(x: Tensor, time_factor: int) -> Tensor:
-    """(B, C, 1 + 2m, H, W) -> (B, C * st * 4, 1 + m, H/2, W/2), causal in time like the convs."""
+def space_time_to_channels(x: Tensor, time_factor: int, space_factor: int = 2) -> Tensor:
+    """(B, C, 1 + st*m, H, W) -> (B, C * st * ss * ss, 1 + m, H/ss, W/ss), causal in time like the
+    convs. With time factor 1 it is a patchify: each pixel offset of an ss x ss cell gets its own
+    channels (the identity for ss = 1)."""
+    if time_factor == 1 and space_factor == 1:
+        return x
     if time_factor > 1:
-        x = torch.cat([x[:, :, :1], x], dim=2)  # frame 0 pairs with its own copy
+        x = torch.cat([x[:, :, :1].expand(-1, -1, time_factor - 1, -1, -1), x], dim=2)
     return rearrange(
-        x, "b c (t st) (h sh) (w sw) -> b (c st sh sw) t h w", st=time_factor, sh=2, sw=2
+        x,
+        "b c (t st) (h sh) (w sw) -> b (c st sh sw) t h w",
+        st=time_factor,
+        sh=space_factor,
+        sw=space_factor,
     )
 
 
-def channels_to_space_time(x: Tensor, time_factor: int) -> Tensor:
-    """Inverse of space_time_to_channels: depth-to-space, then drop the first frame's padded twin."""
-    x = rearrange(x, "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)", st=time_factor, sh=2, sw=2)
-    # The first latent frame stands for one input frame, not two.
+def channels_to_space_time(x: Tensor, time_factor: int, space_factor: int = 2) -> Tensor:
+    """Inverse of space_time_to_channels: depth-to-space, then drop the first frame's padded twins."""
+    if time_factor == 1 and space_factor == 1:
+        return x
+    x = rearrange(
+        x,
+        "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)",
+        st=time_factor,
+        sh=space_factor,
+        sw=space_factor,
+    )
+    # The first latent frame stands for one input frame, not `time_factor`.
     return x[:, :, time_factor - 1 :]
 
 
@@ -165,20 +181,6 @@ def _temporal_stages(num_stages: int, temporal_factor: int) -> list[bool]:
     return [stage >= num_stages - num_temporal for stage in range(num_stages)]
 
 
-def patchify(x: Tensor, patch: int) -> Tensor:
-    """(B, C, T, H, W) -> (B, C * p * p, T, H / p, W / p): pixels folded into channels."""
-    if patch == 1:
-        return x
-    return rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=patch, q=patch)
-
-
-def unpatchify(x: Tensor, patch: int) -> Tensor:
-    """Inverse of patchify."""
-    if patch == 1:
-        return x
-    return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=patch, q=patch)
-
-
 class Encoder(nn.Module):
     """Video (B, C, T, H, W) -> latent (B, D, 1 + (T - 1) / tf, H / sf, W / sf)."""
 
@@ -214,7 +216,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv3d(c_prev, latent_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(self.conv_in(patchify(x, self.patch_size)))
+        x = self.blocks(self.conv_in(space_time_to_channels(x, 1, self.patch_size)))
         x = self.mid(x)
         z = self.conv_out(F.silu(self.norm_out(x)))
         return z + resize_channels(x, z.shape[1]) if self.shortcuts else z
@@ -268,4 +270,4 @@ class Decoder(nn.Module):
         x = self.blocks(x)
         out = self.conv_out(F.silu(self.norm_out(x)))
         out = out if self.linear_out is None else out + self.linear_out(x)
-        return unpatchify(out, self.patch_size)
+        return channels_to_space_time(out, 1, self.patch_size)

@@ -220,15 +220,19 @@ def test_models_package_imports_no_pipeline_libraries():
 
 
 def test_patchify_folds_each_pixel_offset_into_its_own_channels_and_back():
-    from models.tokenizer.causal3d import patchify, unpatchify
+    from models.tokenizer.causal3d import channels_to_space_time, space_time_to_channels
 
     x = torch.randn(2, 3, 5, 8, 12, generator=torch.Generator().manual_seed(0))
-    folded = patchify(x, 2)
+    folded = space_time_to_channels(x, 1, 2)  # the encoder's patchify with patch_size 2
     assert folded.shape == (2, 12, 5, 4, 6)
     assert torch.equal(folded[:, 0::4], x[..., 0::2, 0::2])  # channel c * 4 + row * 2 + column
     assert torch.equal(folded[:, 3::4], x[..., 1::2, 1::2])
-    assert torch.equal(unpatchify(folded, 2), x)
-    assert patchify(x, 1) is x
+    assert torch.equal(channels_to_space_time(folded, 1, 2), x)
+    assert space_time_to_channels(x, 1, 1) is x
+    # In time the first frame is padded with its own copy, as the causal convs pad it.
+    folded = space_time_to_channels(x, 2, 2)
+    assert folded.shape == (2, 24, 3, 4, 6)
+    assert torch.equal(channels_to_space_time(folded, 2, 2), x)
 
 
 def test_resize_channels_averages_groups_and_keeps_the_channel_mean():
