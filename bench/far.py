@@ -291,7 +291,7 @@ def main() -> None:
         "--videos",
         type=int,
         default=None,
-        help="synthetic demo videos (default: the demo's 48); give a --root of their own",
+        help="synthetic demo videos (default: the demo's count); give a --root of their own",
     )
     parser.add_argument("--skip-prediction", action="store_true", help="only the context part")
     parser.add_argument("--skip-context", action="store_true", help="only the prediction part")

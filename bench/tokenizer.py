@@ -1,10 +1,11 @@
 """Tokenizer quality per wall-time budget, against a weightless baseline on the same held-out clips.
 
-Makes the demo's synthetic videos plus held-out ones (the last `--holdout` videos, one per motion
-class), ingests them as two datasets, then for every seed trains two tokenizers through the real
-pipeline (`train_tokenizer`: Ray Train with the demo's 2 CPU workers, MLflow, registry), each for
-a wall-time budget (`--budget-s`, 600 s by default; `tokenizer_training.max_minutes` stops the
-run and spreads its lr schedule over it):
+Makes the demo's synthetic videos (or `--train-videos` of them) plus held-out ones (`--holdout`
+videos from index 48 on, one per motion class, the same whatever the count), ingests them as two
+datasets, then for every seed trains two tokenizers through the real pipeline (`train_tokenizer`:
+Ray Train with the demo's 2 CPU workers, MLflow, registry), each for a wall-time budget
+(`--budget-s`, 600 s by default; `tokenizer_training.max_minutes` stops the run and spreads its lr
+schedule over it):
 - `multiscale`: the demo config's tokenizer (residual FSQ over scales [1, 2, 4, 8]);
 - `fsq`: the same network with single-scale FSQ.
 Ray starts once before the first run (a running cluster, as in production), and a 1-step fit warms
@@ -27,7 +28,7 @@ principal components of the training clips' cells (one basis for first-frame cel
 width) and 12. It is an upper bound for any linear code of that width: rounding only loses more.
 
 Goals (issue 16): every seed >= baseline + 3 dB, for each tokenizer; every run within its budget.
-Usage: python bench/tokenizer.py [--budget-s 600] [--seeds 3] [--out PATH]
+Usage: python bench/tokenizer.py [--budget-s 600] [--seeds 3] [--train-videos N] [--set K=V] [--out PATH]
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ from tasks.train.tokenizer_trainer import run_tokenizer_training, train_tokenize
 TAIL_ALLOWANCE_S = 20.0
 # The 16 bits a token spends, as RGB: 40 levels per channel (40**3 = 64,000 colours).
 THUMBNAIL_LEVELS = 40
+# The held-out videos start here (the first 48 are the demo's original set), so that results
+# with any number of training videos share their held-out clips.
+HELD_OUT_FIRST = 48
 # Widths of the fitted linear reference: the tokenizer's latent (6 channels), and twice it.
 LINEAR_CODEC_DIMS = (6, 12)
 KINDS = {
@@ -87,12 +91,14 @@ class Evaluation:
     per_scale: dict[str, float]  # "<figure>_scale<k>" -> value
 
 
-def split_manifest(raw: Path, holdout: int) -> tuple[Path, Path]:
-    """Write train.jsonl / holdout.jsonl beside labels.jsonl: the last `holdout` videos held out."""
+def split_manifest(raw: Path, first: int, holdout: int) -> tuple[Path, Path]:
+    """Write train.jsonl / holdout.jsonl beside labels.jsonl: videos `first` .. `first+holdout-1`
+    held out, all others trained on (so extra training videos leave the held-out ones as they are:
+    a video depends only on the dataset seed and its index)."""
     rows = (raw / "labels.jsonl").read_text().splitlines()
     train, held = raw / "train.jsonl", raw / "holdout.jsonl"
-    train.write_text("\n".join(rows[:-holdout]) + "\n")
-    held.write_text("\n".join(rows[-holdout:]) + "\n")
+    train.write_text("\n".join(rows[:first] + rows[first + holdout :]) + "\n")
+    held.write_text("\n".join(rows[first : first + holdout]) + "\n")
     return train, held
 
 
@@ -217,12 +223,17 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def prepare_data(root: Path, holdout: int) -> ArvidConfig:
-    """Make and ingest the demo's videos (train) and `holdout` more (held out); the demo config."""
+def prepare_data(root: Path, holdout: int, train_videos: int | None) -> ArvidConfig:
+    """Make and ingest `train_videos` training videos (None: the demo's count) and `holdout`
+    held-out ones; the demo config. The held-out videos are those from index HELD_OUT_FIRST on,
+    whatever the count, so results with different training sets share their held-out clips."""
     base = load_config(ArvidConfig)
-    synthetic = base.synthetic.model_copy(update={"count": base.synthetic.count + holdout})
+    train = base.synthetic.count if train_videos is None else train_videos
+    if train < HELD_OUT_FIRST:
+        raise ValueError(f"--train-videos {train}: at least {HELD_OUT_FIRST}")
+    synthetic = base.synthetic.model_copy(update={"count": train + holdout})
     make_synthetic_dataset(synthetic, root / "raw")
-    train_manifest, holdout_manifest = split_manifest(root / "raw", holdout)
+    train_manifest, holdout_manifest = split_manifest(root / "raw", HELD_OUT_FIRST, holdout)
     for name, manifest in (("train", train_manifest), ("holdout", holdout_manifest)):
         ingest_dataset(
             base.ingest.model_copy(
@@ -234,7 +245,7 @@ def prepare_data(root: Path, holdout: int) -> ArvidConfig:
                 }
             )
         )
-    return base
+    return base.model_copy(update={"synthetic": synthetic.model_copy(update={"count": train})})
 
 
 def run_config(
@@ -272,7 +283,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per tokenizer (0, 1, ...)")
     parser.add_argument("--holdout", type=int, default=8, help="held-out videos")
     parser.add_argument("--kinds", default=",".join(KINDS), help="tokenizers to train")
+    parser.add_argument(
+        "--train-videos", type=int, default=None, help="training videos (default: the demo's)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results file (default: bench/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. tokenizer_training.lr=1e-3 (repeatable)",
+    )
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(KINDS))
@@ -280,10 +302,13 @@ def main() -> None:
         parser.error(f"--kinds {unknown}: choose from {sorted(KINDS)}")
     torch.set_num_threads(2)
     figures: dict[str, object] = {"budget_s": args.budget_s, "seeds": args.seeds}
+    if args.overrides:
+        figures["overrides"] = args.overrides
     goals = []
     with tempfile.TemporaryDirectory(prefix="arvid-bench-tokenizer-") as tmp:
         root = Path(tmp)
-        base = prepare_data(root, args.holdout)
+        base = prepare_data(root, args.holdout, args.train_videos)
+        figures["train_videos"] = base.synthetic.count
         clips = whole_clips(str(root / "datasets" / "holdout"), base)
         model = base.tokenizer_training.model
         baseline = thumbnail_baseline(
@@ -323,7 +348,7 @@ def main() -> None:
         for kind in kinds:
             psnrs = []
             for seed in range(args.seeds):
-                config = run_config(root, kind, seed, args.budget_s)
+                config = run_config(root, kind, seed, args.budget_s, args.overrides)
                 started = time.perf_counter()
                 summary = train_tokenizer(config)
                 wall_s = time.perf_counter() - started
