@@ -230,7 +230,9 @@ def prepare_data(root: Path, holdout: int, train_videos: int | None) -> ArvidCon
     base = load_config(ArvidConfig)
     train = base.synthetic.count if train_videos is None else train_videos
     if train < HELD_OUT_FIRST:
-        raise ValueError(f"--train-videos {train}: at least {HELD_OUT_FIRST}")
+        raise ValueError(
+            f"--train-videos {train}: at least {HELD_OUT_FIRST} (the held-out videos start there)"
+        )
     synthetic = base.synthetic.model_copy(update={"count": train + holdout})
     make_synthetic_dataset(synthetic, root / "raw")
     train_manifest, holdout_manifest = split_manifest(root / "raw", HELD_OUT_FIRST, holdout)
