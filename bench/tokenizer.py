@@ -18,6 +18,8 @@ On the held-out clips (whole 17x64x64 clips, centre crop, no flip) it measures, 
 - quantization error (latent MSE in code units), code perplexity, zero-code share, and per scale:
   saturation (digits clamped at the grid's ends), zero-code share, code usage against the scale's
   ceiling (its number of tokens) and the calibrated gain;
+- beside them, decode(quantized) PSNR on as many whole training clips ("seen"): a gap to the
+  held-out figure says generalising binds, no gap says fitting does;
 and once, the weightless thumbnail baseline: each 8x8x(1, then 4)-frame cell of the latent grid
 averaged, stored as one of 64,000 RGB colours (40 levels per channel: the 16 bits a token spends)
 and upsampled bilinearly in space (held over the cell's frames in time).
@@ -212,6 +214,13 @@ def evaluate(tokenizer: VideoTokenizer, clips: torch.Tensor) -> Evaluation:
     )
 
 
+def seen_psnr_db(tokenizer: VideoTokenizer, clips: torch.Tensor) -> float:
+    """Mean PSNR of decode(quantized) on `clips` (training clips, whole and unflipped)."""
+    with torch.no_grad():
+        reconstruction = tokenizer.decode_indices(tokenizer.encode(clips).indices).clamp(-1, 1)
+    return float(psnr(reconstruction, clips).mean())
+
+
 def timed(fn, repeats: int) -> float:
     """Median seconds of `fn()` after one warm-up call."""
     fn()
@@ -332,6 +341,9 @@ def main() -> None:
                 train_clips, clips, model.temporal_factor, model.spatial_factor, dims
             )
             figures[f"linear_codec_{dims}d_psnr_db"] = round(float(psnr(linear, clips).mean()), 2)
+        # As many training clips as held-out ones: their PSNR beside the held-out one shows
+        # whether a run is bound by fitting (both low) or by generalising (a gap between them).
+        seen = train_clips[: clips.shape[0]].clone()
         del train_clips
         started = time.perf_counter()
         ensure_ray(run_config(root, kinds[0], 0, args.budget_s).ray)
@@ -367,6 +379,7 @@ def main() -> None:
                         prefix + "train_clips_per_s": summary.clips_per_s,
                         prefix + "psnr_quantized_db": round(result.psnr_quantized_db, 2),
                         prefix + "psnr_continuous_db": round(result.psnr_continuous_db, 2),
+                        prefix + "psnr_seen_db": round(seen_psnr_db(tokenizer, seen), 2),
                         prefix + "ssim_quantized": round(result.ssim_quantized, 4),
                         prefix + "ssim_continuous": round(result.ssim_continuous, 4),
                         prefix + "quantization_mse": round(result.quantization_mse, 6),
