@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from models.tokenizer import TokenizerConfig, TokenizerLoss, VideoTokenizer, psnr, ssim
 from tasks import storage
+from tasks.data.clips import DecodedClipCache
 from tasks.data.datasets import DatasetRef
 from tasks.storage import StorageSettings
 from tasks.train.budget import TimeBudget, schedule_progress
@@ -208,6 +209,8 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     loss.discriminator = worker.wrap(loss.discriminator)
     discriminator = unwrap(loss.discriminator)
 
+    decoded = DecodedClipCache(cfg.decoded_cache_mb * 2**20)  # one for crops and whole windows
+
     def batches_of(crop: int | None) -> Iterator[Tensor]:
         data = ShardClipDataset(
             spec.dataset,
@@ -221,7 +224,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
             shuffle_buffer=cfg.shuffle_buffer,
             first_epoch=start_step,  # a resumed run draws a new order, not the first epoch's again
             crop=crop,
-            decoded_cache_mb=cfg.decoded_cache_mb,
+            decoded=decoded,
         )
         return iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
 

@@ -84,6 +84,19 @@ def test_decoded_clips_are_cached_without_changing_what_is_drawn(tiny_dataset: D
     assert (plain.decoded.decodes, plain.decoded.hits) == (2 * clips, 0)
 
 
+def test_a_shared_cache_serves_a_second_dataset_without_decoding_again(
+    tiny_dataset: DatasetRef,
+) -> None:
+    # The training loop switches from crops to whole windows with a new dataset and one cache.
+    shared = DecodedClipCache(budget_bytes=64 * 2**20)
+    crops = ShardClipDataset(tiny_dataset, 16, 5, seed=1, crop=8, decoded=shared)
+    whole = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded=shared)
+    clips = len(tiny_dataset.rows)
+    assert len(list(crops.iter_epoch(0))) == clips
+    assert [c.shape[-1] for _, c in whole.iter_epoch(0)] == [16] * clips
+    assert (shared.decodes, shared.hits) == (clips, clips)
+
+
 def test_the_decoded_cache_keeps_only_what_fits_its_budget(tiny_dataset: DatasetRef) -> None:
     shard = next(iter(tiny_dataset.rows_by_shard()))
     (_, first), (_, second) = list(iter_shard(tiny_dataset.shard_uri(shard)))[:2]
