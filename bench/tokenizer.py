@@ -232,10 +232,11 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def prepare_data(root: Path, holdout: int, train_videos: int | None) -> ArvidConfig:
+def prepare_data(root: Path, holdout: int, train_videos: int | None) -> tuple[ArvidConfig, int]:
     """Make and ingest `train_videos` training videos (None: the demo's count) and `holdout`
-    held-out ones; the demo config. The held-out videos are those from index HELD_OUT_FIRST on,
-    whatever the count, so results with different training sets share their held-out clips."""
+    held-out ones; the demo config and the number of training videos. The held-out videos are
+    those from index HELD_OUT_FIRST on, whatever the count, so results with different training
+    sets share their held-out clips."""
     base = load_config(ArvidConfig)
     train = base.synthetic.count if train_videos is None else train_videos
     if train < HELD_OUT_FIRST:
@@ -256,7 +257,7 @@ def prepare_data(root: Path, holdout: int, train_videos: int | None) -> ArvidCon
                 }
             )
         )
-    return base.model_copy(update={"synthetic": synthetic.model_copy(update={"count": train})})
+    return base, train
 
 
 def run_config(
@@ -318,8 +319,8 @@ def main() -> None:
     goals = []
     with tempfile.TemporaryDirectory(prefix="arvid-bench-tokenizer-") as tmp:
         root = Path(tmp)
-        base = prepare_data(root, args.holdout, args.train_videos)
-        figures["train_videos"] = base.synthetic.count
+        base, train_videos = prepare_data(root, args.holdout, args.train_videos)
+        figures["train_videos"] = train_videos
         clips = whole_clips(str(root / "datasets" / "holdout"), base)
         model = base.tokenizer_training.model
         baseline = thumbnail_baseline(
