@@ -33,9 +33,8 @@ def assign_shards(
 
 class ShardClipDataset(IterableDataset):
     """Endless stream of (3, frames, crop, crop) clips in [-1, 1] from this worker's shards
-    (crop defaults to size, the side the clips are resized to); up to `decoded_cache_mb` of
-    decoded clips are kept (or the shared `decoded` cache is used), so a small dataset is decoded
-    once, not every epoch."""
+    (crop defaults to size, the side the clips are resized to); decoded clips are kept in the
+    `decoded` cache (None: none kept), so a small dataset is decoded once, not every epoch."""
 
     def __init__(
         self,
@@ -50,7 +49,6 @@ class ShardClipDataset(IterableDataset):
         shuffle_buffer: int = 32,
         first_epoch: int = 0,
         crop: int | None = None,
-        decoded_cache_mb: int = 0,
         decoded: DecodedClipCache | None = None,
     ) -> None:
         super().__init__()
@@ -73,11 +71,9 @@ class ShardClipDataset(IterableDataset):
         self.random_crop, self.random_flip = random_crop, random_flip
         self.shuffle_buffer = shuffle_buffer
         self.first_epoch = first_epoch
-        # A cache passed in is shared (its budget then rules, not decoded_cache_mb): the loop
-        # keeps one across its switch from crops to whole windows, so nothing is decoded twice.
-        self.decoded = (
-            decoded if decoded is not None else DecodedClipCache(decoded_cache_mb * 2**20)
-        )
+        # The caller owns the cache: the loop keeps one across its switch from crops to whole
+        # windows, so nothing is decoded twice.
+        self.decoded = decoded if decoded is not None else DecodedClipCache(0)
 
     def shards_for_epoch(self, epoch: int) -> list[str]:
         """This worker's shards in `epoch`."""

@@ -71,8 +71,8 @@ def test_too_few_shards_or_too_short_clips_are_clear_errors(tiny_dataset: Datase
 
 
 def test_decoded_clips_are_cached_without_changing_what_is_drawn(tiny_dataset: DatasetRef) -> None:
-    plain = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded_cache_mb=0)
-    cached = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded_cache_mb=64)
+    plain = ShardClipDataset(tiny_dataset, 16, 5, seed=1)
+    cached = ShardClipDataset(tiny_dataset, 16, 5, seed=1, decoded=DecodedClipCache(64 * 2**20))
     for epoch in (0, 1):
         drawn = list(cached.iter_epoch(epoch))
         expected = list(plain.iter_epoch(epoch))
