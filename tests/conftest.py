@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_HOME / 'mlflow-default.db'}"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from tests.support.mlflow_store import fresh_store_uri  # noqa: E402
 from tests.support.s3_server import s3_env, s3_server  # noqa: E402,F401  (fixtures)
 
 
@@ -36,7 +37,7 @@ def tracking_config(tmp_path: Path):
     from tasks.tracking import TrackingConfig
 
     return TrackingConfig(
-        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        uri=fresh_store_uri(tmp_path / "mlflow.db"),
         experiment="arvid-test",
         artifact_location=str(tmp_path / "mlartifacts"),
     )

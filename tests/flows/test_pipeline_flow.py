@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from flows.cli import main
 from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL
+from tests.support.mlflow_store import fresh_store_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "ray_session")]
 
@@ -23,7 +24,7 @@ def _config(root: Path) -> Path:
     config = {
         "synthetic_dir": str(root / "raw"),
         "synthetic": {"count": 4, "frames": 34, "preset": "ultrafast"},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "arvid-pipeline-test",
+        "tracking": {"uri": fresh_store_uri(root / "mlflow.db"), "experiment": "arvid-pipeline-test",
                      "artifact_location": str(root / "mlartifacts")},
         "ingest": {"source": str(root / "raw" / "labels.jsonl"), "output_root": str(root / "ds"),
                    "name": "d", "clip_frames": 17, "clip_stride": 17, "inputs_per_shard": 2,

@@ -19,6 +19,7 @@ import pytest
 
 from tasks.ingest.run import IngestSummary
 from tasks.tracking import TrackingConfig
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.promote.support import register_generator
 from tests.tasks.tokenize.support import make_dataset
 
@@ -52,7 +53,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A published dataset, and a sqlite store holding arvid-generator v1 but no tokenizer."""
     root = tmp_path_factory.mktemp("preflight")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-preflight-test",
         artifact_location=str(root / "mlartifacts"),
     )

@@ -14,6 +14,7 @@ from prefect.client.orchestration import get_client
 from flows.cli import main
 from tasks import storage
 from tasks.tracking import TrackingConfig
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.tokenize.support import make_dataset, register_tokenizer, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "ray_session")
@@ -24,7 +25,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 4-clip dataset and a registered toy tokenizer, shared by this module's tests."""
     root = tmp_path_factory.mktemp("tokenize-flow")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-tokenize-flow-test",
         artifact_location=str(root / "mlartifacts"),
     )

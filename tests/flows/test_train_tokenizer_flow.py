@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from flows.cli import main
 from tasks.tracking import TrackingConfig
 from tasks.train.tokenizer_registry import load_tokenizer
+from tests.support.mlflow_store import fresh_store_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "ray_session")]
 
@@ -49,7 +50,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory):
     """(--set arguments, tracking config) of a made and ingested two-video dataset."""
     root = tmp_path_factory.mktemp("train-flow")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-test",
         artifact_location=str(root / "mlartifacts"),
     )

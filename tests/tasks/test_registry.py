@@ -18,6 +18,7 @@ from tasks.registry import ModelKindError, fetch_model, pin_reference, resolve_m
 from tasks.tokenize.tokenizer_ref import resolve_tokenizer
 from tasks.tracking import TrackingConfig, setup_tracking, tracked_run
 from tasks.train.tokenizer_registry import load_tokenizer
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.tokenize.support import tiny_tokenizer
 
 NAME = registry.TOKENIZER_MODEL
@@ -50,7 +51,7 @@ def _log(tracking: TrackingConfig, directory: Path, name: str, kind: str) -> tup
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     root = tmp_path_factory.mktemp("registry")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-test",
         artifact_location=str(root / "mlartifacts"),
     )

@@ -20,6 +20,7 @@ from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL
 from tasks.settings import ArvidConfig
 from tasks.tracking import TrackingConfig
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.tokenize.support import register_tokenizer, tiny_tokenizer
 
 STAGE = {"name": "only", "resolution": 16, "frames": 17, "schedule": "next_scale", "steps": 2,
@@ -31,7 +32,7 @@ def trained(tmp_path_factory, i3d_model):
     """A registered tiny VideoAR on 17-frame clips (FVD needs 16 frames); 4 held-out clips."""
     root = tmp_path_factory.mktemp("evaluate")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-evaluate-test",
         artifact_location=str(root / "mlartifacts"),
     )

@@ -16,6 +16,7 @@ from tasks.pretrain.loop import StageSpec, TrainOptions, run_stage
 from tasks.pretrain.tokens import class_names, load_token_clips, read_token_dataset
 from tasks.storage import StorageSettings
 from tasks.train.worker import WorkerContext
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.pretrain.support import write_token_dataset
 
 LEVELS = [4, 4]
@@ -131,7 +132,7 @@ def test_the_pretrain_flow_tokenizes_latents_trains_far_and_registers_it(tmp_pat
     from tests.tasks.tokenize.support import make_dataset, register_tokenizer, tiny_tokenizer
 
     tracking = TrackingConfig(
-        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        uri=fresh_store_uri(tmp_path / "mlflow.db"),
         experiment="arvid-far-test",
         artifact_location=str(tmp_path / "mlartifacts"),
     )

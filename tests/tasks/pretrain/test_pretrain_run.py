@@ -17,6 +17,7 @@ from tasks.pretrain.run import check_stages, generator_config, pretrain
 from tasks.promote.metrics import read_version_metrics
 from tasks.registry import GENERATOR_MODEL, ModelKindError
 from tasks.settings import ArvidConfig
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.tokenize.support import make_dataset, register_tokenizer, tiny_tokenizer
 
 STAGES = [
@@ -33,7 +34,7 @@ def workspace(tmp_path_factory):
     from tasks.tracking import TrackingConfig
 
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-pretrain-test",
         artifact_location=str(root / "mlartifacts"),
     )

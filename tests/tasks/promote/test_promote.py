@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -16,6 +15,7 @@ from tasks.promote.gates import MissingMetricError
 from tasks.promote.metrics import read_version_metrics, set_version_metrics
 from tasks.promote.run import lock_uri, promote, rollback
 from tasks.tracking import TrackingConfig, setup_tracking
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.promote.support import (
     NAME,
     aliases,
@@ -30,20 +30,11 @@ GOOD = {"fvd": 50.0, "val_bits_per_token": 3.0}
 LOOSE = [GateConfig(metric="fvd", greater_is_better=False, threshold=100.0)]
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow sqlite file with its tables made: creating them costs ~8 s, copying nothing."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def store(empty_store: Path, tmp_path: Path) -> TrackingConfig:
-    """A fresh registry of this test's own (a copy of the empty store), made the active one."""
-    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+def store(tmp_path: Path) -> TrackingConfig:
+    """A fresh registry of this test's own (a copy of the session's empty store), made active."""
     tracking = TrackingConfig(
-        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        uri=fresh_store_uri(tmp_path / "mlflow.db"),
         experiment="arvid-test",
         artifact_location=str(tmp_path / "mlartifacts"),
     )

@@ -21,6 +21,7 @@ from tasks.data.video import decode_clip
 from tasks.tokenize.format import TokenizedClip, read_token_shard, token_shard_bytes
 from tasks.tokenize.run import tokenize_dataset
 from tasks.tracking import TrackingConfig
+from tests.support.mlflow_store import fresh_store_uri
 from tests.support.tokenize_workers import crashing_worker, stalling_worker
 from tests.tasks.tokenize.support import config, make_dataset, register_tokenizer, tiny_tokenizer
 
@@ -33,7 +34,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("tokenize")
     dataset = make_dataset(root)
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-tokenize-test",
         artifact_location=str(root / "mlartifacts"),
     )

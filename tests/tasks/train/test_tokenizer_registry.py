@@ -17,6 +17,7 @@ from tasks.tracking import TrackingConfig
 from tasks.train.checkpoints import load_checkpoint
 from tasks.train.tokenizer_registry import load_tokenizer
 from tasks.train.tokenizer_trainer import TokenizerTrainingSummary, train_tokenizer
+from tests.support.mlflow_store import fresh_store_uri
 from tests.tasks.train.conftest import tiny_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -27,7 +28,7 @@ def trained(tiny_dataset: DatasetRef, tmp_path_factory: pytest.TempPathFactory):
     """(summary, tracking config) of a 4-step training on two workers."""
     root = tmp_path_factory.mktemp("registry")
     tracking = TrackingConfig(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
+        uri=fresh_store_uri(root / "mlflow.db"),
         experiment="arvid-test",
         artifact_location=str(root / "mlartifacts"),
     )
