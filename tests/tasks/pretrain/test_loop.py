@@ -198,13 +198,19 @@ def test_a_next_scale_stage_trains_with_ddp_on_two_ray_workers(tmp_path):
     assert isinstance(model, VideoAR)
 
 
+def _stages_in_turn(specs: list[StageSpec], worker: WorkerContext) -> list | None:
+    """Ray Train loop: the stages one after another on the same workers (rank 0: their results)."""
+    results = [run_stage(spec, worker) for spec in specs]
+    return results if worker.rank == 0 else None
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_fsdp_on_two_workers_trains_and_resumes_to_the_weights_of_ddp(tmp_path):
     from tasks.pretrain.driver import fit_stage
     from tasks.ray_runtime import RayConfig
     from tasks.train.events import ignore_event
-    from tasks.train.ray_driver import WorkerGroup
+    from tasks.train.ray_driver import WorkerGroup, fit_on_ray
 
     scales = [1, 2, 4]
     tokens = write_token_dataset(tmp_path / "ms", [(3, s, s) for s in scales], VOCAB, levels=[4, 4])
@@ -214,24 +220,32 @@ def test_fsdp_on_two_workers_trains_and_resumes_to_the_weights_of_ddp(tmp_path):
     # wrapped forward (as the chunked loss does), the path that FSDP could get wrong.
     head = {"output_head": "digits", "output_levels": [4, 4], "copy_previous": True}
 
-    def fit(run: str, steps: int, fsdp: bool):
-        stage = StageConfig(name="s", resolution=32, frames=9, schedule="next_scale", steps=steps,
+    def spec(run: str, fsdp: bool) -> StageSpec:
+        stage = StageConfig(name="s", resolution=32, frames=9, schedule="next_scale", steps=4,
                             batch_size=4, lr=3e-3, error_correction={"enabled": True})  # fmt: skip
-        spec = _spec(
+        return _spec(
             tmp_path, tokens, stage, run, videoar=videoar, model=head, checkpoint_every=2,
             fsdp=fsdp,
         )  # fmt: skip
-        return fit_stage(spec, WorkerGroup(num_workers=2), RayConfig(num_cpus=2), ignore_event)
 
-    ddp = fit("ddp", 4, fsdp=False)
-    whole = fit("fsdp", 4, fsdp=True)
+    workers, ray_config = WorkerGroup(num_workers=2), RayConfig(num_cpus=2)
+    # DDP, then FSDP, on one group of workers: starting one costs ~12 s here (an empty fit).
+    ddp, whole = fit_on_ray(
+        _stages_in_turn,
+        [spec("ddp", fsdp=False), spec("fsdp", fsdp=True)],
+        workers,
+        ray_config,
+        ignore_event,
+        run_name="arvid-test-ddp-then-fsdp",
+        storage_path=str(tmp_path / "ray"),
+    )
     a = _weights(whole)
     # Cut short after step 2: the step-4 checkpoint is gone and latest.json points at step 2,
     # whose files hold the whole AdamW state gathered from both shards.
     run_dir = tmp_path / "fsdp"
     shutil.rmtree(run_dir / "step-00000004")
     (run_dir / "latest.json").write_text(json.dumps({"step": 2, "checkpoint": "step-00000002"}))
-    resumed = fit("fsdp", 4, fsdp=True)
+    resumed = fit_stage(spec("fsdp", fsdp=True), workers, ray_config, ignore_event)
     assert resumed.resumed_from_step == 2 and resumed.steps == 4
     b, c = _weights(resumed), _weights(ddp)
     assert a.keys() == b.keys() == c.keys()  # whole tensors under the module's own names
