@@ -58,6 +58,7 @@ from tasks.ingest.run import ingest_dataset  # noqa: E402
 from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
 from tasks.ray_runtime import ensure_ray  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
+from tasks.train.precision import bf16_enabled  # noqa: E402
 from tasks.train.tokenizer_data import ShardClipDataset  # noqa: E402
 from tasks.train.tokenizer_registry import load_tokenizer  # noqa: E402
 from tasks.train.tokenizer_trainer import run_tokenizer_training, train_tokenizer  # noqa: E402
@@ -321,6 +322,10 @@ def main() -> None:
         root = Path(tmp)
         base, train_videos = prepare_data(root, args.holdout, args.train_videos)
         figures["train_videos"] = train_videos
+        # Whether the runs trained in bf16 (tokenizer_training.cpu_bf16, "auto" in the demo).
+        figures["train_bf16"] = bf16_enabled(
+            torch.device("cpu"), False, base.tokenizer_training.cpu_bf16
+        )
         clips = whole_clips(str(root / "datasets" / "holdout"), base)
         model = base.tokenizer_training.model
         baseline = thumbnail_baseline(

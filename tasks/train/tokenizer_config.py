@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from models.tokenizer.config import LossConfig, TokenizerConfig
 from tasks.config import StrictModel
+from tasks.train.precision import CpuBf16
 
 # Fields that only say how long, how often or where a run goes (or name the data, whose version
 # is hashed instead): changing them keeps the run's checkpoints valid, so they stay out of the key
@@ -28,6 +29,7 @@ _NOT_IN_RUN_KEY = {
     "num_workers",
     "use_gpu",
     "bf16",
+    "cpu_bf16",
     "threads_per_worker",
     "max_failures",
     "decoded_cache_mb",
@@ -107,7 +109,12 @@ class TokenizerTrainingConfig(StrictModel):
     # Execution.
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
-    bf16: bool = Field(True, description="bf16 autocast on GPUs (ignored on CPU workers)")
+    bf16: bool = Field(True, description="bf16 autocast on GPU workers")
+    cpu_bf16: CpuBf16 = Field(
+        False,
+        description="bf16 autocast on CPU workers: true, false, or auto (where the CPU has "
+        "AVX512-BF16 or AMX; emulated bf16 is slower than float32)",
+    )
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch threads per worker; None: Ray's default (its CPUs)"
     )

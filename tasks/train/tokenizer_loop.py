@@ -37,6 +37,7 @@ from tasks.train.checkpoints import (
     state_digest,
 )
 from tasks.train.events import CheckpointEvent, MetricsEvent, SampleEvent
+from tasks.train.precision import bf16_autocast
 from tasks.train.tokenizer_config import TokenizerTrainingConfig
 from tasks.train.tokenizer_data import ShardClipDataset
 from tasks.train.worker import WorkerContext, unwrap
@@ -231,11 +232,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     def progress(step: int) -> float:
         return max(step / cfg.steps, time_fraction)
 
-    autocast = torch.autocast(
-        device_type=worker.device.type,
-        dtype=torch.bfloat16,
-        enabled=worker.device.type == "cuda" and cfg.bf16,
-    )
+    autocast = bf16_autocast(worker.device, cfg.bf16, cfg.cpu_bf16)
 
     budget = TimeBudget.of_minutes(cfg.max_minutes, spec.started_at, restored.seconds_spent)
     startup_seconds = time.time() - spec.started_at if spec.started_at is not None else 0.0
