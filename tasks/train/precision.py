@@ -7,11 +7,9 @@ CPU without them bf16 is emulated and slower, so "auto" turns it on only where i
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-CpuBf16 = bool | Literal["auto"]  # a bool, not "on"/"off": YAML reads those as booleans
+from tasks.train.tokenizer_config import CpuBf16
 
 
 def cpu_has_native_bf16() -> bool:

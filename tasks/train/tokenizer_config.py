@@ -10,7 +10,10 @@ from pydantic import Field, model_validator
 
 from models.tokenizer.config import LossConfig, TokenizerConfig
 from tasks.config import StrictModel
-from tasks.train.precision import CpuBf16
+
+# bf16 on CPU workers: a bool or "auto" (not "on"/"off": YAML reads those as booleans). Here, not
+# in tasks.train.precision, because loading a config must not import torch.
+CpuBf16 = bool | Literal["auto"]
 
 # Fields that only say how long, how often or where a run goes (or name the data, whose version
 # is hashed instead): changing them keeps the run's checkpoints valid, so they stay out of the key
