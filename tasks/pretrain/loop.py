@@ -35,6 +35,7 @@ from tasks.pretrain.tokens import TokenClips
 from tasks.storage import StorageSettings
 from tasks.train.budget import TimeBudget, schedule_progress
 from tasks.train.events import MetricsEvent
+from tasks.train.precision import bf16_autocast
 from tasks.train.worker import WorkerContext
 
 log = logging.getLogger("arvid.pretrain")
@@ -265,11 +266,7 @@ def run_stage(spec: StageSpec, worker: WorkerContext | None = None) -> StageResu
     wrapped = module if fsdp else worker.wrap(module)
     total = spec.stage.total_steps(spec.train.tokens_per_clip)
     plan = BatchPlan(len(spec.train), spec.stage.batch_size, worker.world_size, spec.seed)
-    autocast = torch.autocast(
-        worker.device.type,
-        dtype=torch.bfloat16,
-        enabled=worker.device.type == "cuda" and options.bf16,
-    )
+    autocast = bf16_autocast(worker.device, options.bf16, cpu_bf16=False)  # the CPU: float32
     tokens_per_step = spec.stage.batch_size * spec.train.tokens_per_clip
     window_loss, window_steps, window_started = 0.0, 0, time.perf_counter()
     started, last_bits, grad_norm = time.perf_counter(), float("nan"), 0.0
