@@ -58,6 +58,7 @@ from tasks.ingest.run import ingest_dataset  # noqa: E402
 from tasks.ingest.synthetic import make_synthetic_dataset  # noqa: E402
 from tasks.ray_runtime import ensure_ray  # noqa: E402
 from tasks.settings import ArvidConfig  # noqa: E402
+from tasks.train.checkpoints import load_checkpoint  # noqa: E402
 from tasks.train.precision import bf16_enabled  # noqa: E402
 from tasks.train.tokenizer_data import ShardClipDataset  # noqa: E402
 from tasks.train.tokenizer_registry import load_tokenizer  # noqa: E402
@@ -394,6 +395,14 @@ def main() -> None:
                         **{prefix + k: round(v, 4) for k, v in result.per_scale.items()},
                     }
                 )
+                if config.tokenizer_training.ema_decay:
+                    # The same run's last-step weights beside the published average: the
+                    # average's gain, measured without a second run's noise.
+                    last = load_checkpoint(summary.checkpoint).build_tokenizer(averaged=False)
+                    last_step = evaluate(last, clips)
+                    figures[prefix + "psnr_quantized_last_step_db"] = round(
+                        last_step.psnr_quantized_db, 2
+                    )
                 psnrs.append(result.psnr_quantized_db)
                 goals.append(
                     goal(

@@ -2,6 +2,7 @@
 
     <run_dir>/step-00000100/model.safetensors          tokenizer weights  } the same two files as a
                            /config.json                tokenizer config   } saved model directory
+                           /ema.safetensors            the weights' moving average (when kept)
                            /discriminator.safetensors
                            /optimizer.pt               both optimizers' state dicts (tensors only)
                            /checkpoint.json            step, metadata, size + sha256 of each file
@@ -37,6 +38,7 @@ MANIFEST_FILE = "checkpoint.json"
 TOKENIZER_WEIGHTS = "model.safetensors"  # the names save_tokenizer uses, so a checkpoint folder
 TOKENIZER_CONFIG = "config.json"  # also loads as a model directory
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+AVERAGED_WEIGHTS = "ema.safetensors"
 OPTIMIZER_STATE = "optimizer.pt"
 
 
@@ -55,11 +57,14 @@ class Checkpoint:
     discriminator_state: dict[str, Tensor]
     optimizer_state: dict[str, Any]
     metadata: dict[str, Any]
+    averaged_state: dict[str, Tensor] | None = None  # the EMA of the weights, when the run kept one
 
-    def build_tokenizer(self) -> VideoTokenizer:
-        """A VideoTokenizer with this checkpoint's config and weights."""
+    def build_tokenizer(self, averaged: bool = True) -> VideoTokenizer:
+        """A VideoTokenizer with this checkpoint's config and weights: the moving average where
+        the run kept one (what a finished run publishes) unless `averaged` is False."""
         tokenizer = VideoTokenizer(self.tokenizer_config)
-        tokenizer.load_state_dict(self.tokenizer_state)
+        use_average = averaged and self.averaged_state is not None
+        tokenizer.load_state_dict(self.averaged_state if use_average else self.tokenizer_state)
         return tokenizer
 
 
@@ -90,10 +95,12 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     metadata: dict[str, Any] | None = None,
     keep: int | None = None,
+    averaged_state: dict[str, Tensor] | None = None,
 ) -> str:
     """Write the checkpoint of `step` under `run_dir`, then point latest.json at it; returns its URI.
 
-    With `keep`, older complete checkpoints beyond the newest `keep` are deleted afterwards.
+    With `keep`, older complete checkpoints beyond the newest `keep` are deleted afterwards;
+    `averaged_state` (the weights' moving average) is saved beside the weights when given.
     """
     optimizer_buffer = io.BytesIO()
     torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, optimizer_buffer)
@@ -103,6 +110,8 @@ def save_checkpoint(
         DISCRIMINATOR_WEIGHTS: save_safetensors(_cpu_state(discriminator)),
         OPTIMIZER_STATE: optimizer_buffer.getvalue(),
     }
+    if averaged_state is not None:
+        files[AVERAGED_WEIGHTS] = save_safetensors(averaged_state)
     return publish_checkpoint(run_dir, step, files, metadata, keep)
 
 
@@ -238,4 +247,7 @@ def load_checkpoint(uri: str) -> Checkpoint:
         discriminator_state=load_safetensors(data[DISCRIMINATOR_WEIGHTS]),
         optimizer_state=optimizer_state,
         metadata=manifest.get("metadata", {}),
+        averaged_state=load_safetensors(data[AVERAGED_WEIGHTS])
+        if AVERAGED_WEIGHTS in data
+        else None,
     )

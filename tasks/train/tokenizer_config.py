@@ -87,6 +87,13 @@ class TokenizerTrainingConfig(StrictModel):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None: no clip")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (ema.py) and publish it "
+        "instead of the last step's; None: the last step's weights",
+    )
     steps: int = Field(
         1000, ge=1, description="total optimizer steps (a resumed run ends here too)"
     )

@@ -36,6 +36,7 @@ from tasks.train.checkpoints import (
     save_checkpoint,
     state_digest,
 )
+from tasks.train.ema import WeightAverage
 from tasks.train.events import CheckpointEvent, MetricsEvent, SampleEvent
 from tasks.train.precision import bf16_autocast
 from tasks.train.tokenizer_config import TokenizerTrainingConfig
@@ -154,6 +155,7 @@ class _Restored:
     uri: str | None
     weights_digest: str | None
     seconds_spent: float  # of the time budget, by the calls before this one
+    averaged_state: dict[str, Tensor] | None  # the weights' moving average, if the run kept one
 
 
 def _restore(
@@ -165,14 +167,16 @@ def _restore(
     """Load the run's latest checkpoint into the modules (nothing to load: step 0)."""
     uri = resume_point(spec)
     if uri is None:
-        return _Restored(0, None, None, 0.0)
+        return _Restored(0, None, None, 0.0, None)
     checkpoint = load_checkpoint(uri)
     tokenizer.load_state_dict(checkpoint.tokenizer_state)
     discriminator.load_state_dict(checkpoint.discriminator_state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(checkpoint.optimizer_state[name])
     spent = float(checkpoint.metadata.get(SPENT_KEY, 0.0))
-    return _Restored(checkpoint.step, uri, state_digest(tokenizer.state_dict()), spent)
+    return _Restored(
+        checkpoint.step, uri, state_digest(tokenizer.state_dict()), spent, checkpoint.averaged_state
+    )
 
 
 def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> TrainingResult | None:
@@ -206,6 +210,11 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
             for key, value in state.items():
                 if isinstance(value, Tensor) and key != "step":
                     state[key] = value.to(worker.device)
+    # Every rank keeps the average (the same updates everywhere under DDP); rank 0 saves it. A
+    # checkpoint of a run that kept none starts it from the restored weights.
+    average = (
+        WeightAverage(tokenizer, cfg.ema_decay, restored.averaged_state) if cfg.ema_decay else None
+    )
     model = worker.wrap(tokenizer)
     loss.discriminator = worker.wrap(loss.discriminator)
     discriminator = unwrap(loss.discriminator)
@@ -273,6 +282,8 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
         if cfg.grad_clip:
             logs["grad_norm"] = nn.utils.clip_grad_norm_(tokenizer.parameters(), cfg.grad_clip)
         optimizers["tokenizer"].step()
+        if average is not None:
+            average.update(tokenizer, step)
         # The generator's backward also filled the discriminator's grads: clear them first.
         optimizers["discriminator"].zero_grad(set_to_none=True)
         if loss.gan_active(step):
@@ -327,6 +338,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
                     SPENT_KEY: round(budget.spent(), 3),
                 },
                 keep=cfg.keep_checkpoints,
+                averaged_state=average.state_dict() if average is not None else None,
             )
             worker.publish(CheckpointEvent(step=done, uri=checkpoint_uri))
         if last:

@@ -4,7 +4,8 @@
     load_tokenizer("models:/arvid-tokenizer/3")
     load_tokenizer("models:/arvid-tokenizer")                                  # the newest version
     load_tokenizer("runs:/<run id>/tokenizer")
-    load_tokenizer(".arvid/checkpoints/tokenizer/demo-<key>/step-00000300")   # a checkpoint too
+    load_tokenizer(".arvid/checkpoints/tokenizer/demo-<key>/step-00000300")   # a checkpoint too:
+                                                     # its last-step weights, not ema.safetensors
     load_tokenizer("s3://bucket/models/tokenizer")
 
 A model directory is config.json + model.safetensors: the module is rebuilt from the JSON config
