@@ -19,8 +19,8 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay={decay}: must lie strictly between 0 and 1")
         self.decay = decay
-        source = state if state is not None else module.state_dict()
         current = module.state_dict()
+        source = state if state is not None else current
         missing = sorted(set(current) - set(source))
         if missing:
             raise ValueError(f"weight average lacks {', '.join(missing[:3])} of the module")
