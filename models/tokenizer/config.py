@@ -115,7 +115,7 @@ class TokenizerConfig(BaseModel):
     # Follow each scale's residual RMS during training (frozen in eval): the grid's ends sit
     # gain_range_rms RMS out. False: the gains stay as given.
     calibrate_gains: bool = True
-    gain_range_rms: float = Field(2.0, gt=0)
+    gain_range_rms: float = Field(3.0, gt=0)  # see multiscale.py for why 3
     upsample_mode: UpsampleMode = "bilinear"
 
     @model_validator(mode="after")
