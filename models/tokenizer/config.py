@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from models.tokenizer.multiscale import MultiScaleFSQ
 
 UpsampleMode = Literal["bilinear", "bicubic", "nearest"]
+# Where a calibrated multi-scale quantizer puts its grid's ends, in residual RMS (multiscale.py
+# says why 3): the one default that both the config and MultiScaleFSQ read.
+DEFAULT_GAIN_RANGE_RMS = 3.0
 
 
 def default_scale_gains(scales: Sequence[int]) -> list[float]:
@@ -115,7 +118,7 @@ class TokenizerConfig(BaseModel):
     # Follow each scale's residual RMS during training (frozen in eval): the grid's ends sit
     # gain_range_rms RMS out. False: the gains stay as given.
     calibrate_gains: bool = True
-    gain_range_rms: float = Field(3.0, gt=0)  # see multiscale.py for why 3
+    gain_range_rms: float = Field(DEFAULT_GAIN_RANGE_RMS, gt=0)
     upsample_mode: UpsampleMode = "bilinear"
 
     @model_validator(mode="after")

@@ -40,7 +40,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.tokenizer.config import UpsampleMode, check_quantizer, default_scale_gains
+from models.tokenizer.config import (
+    DEFAULT_GAIN_RANGE_RMS,
+    UpsampleMode,
+    check_quantizer,
+    default_scale_gains,
+)
 from models.tokenizer.fsq import FSQ
 
 
@@ -102,7 +107,7 @@ class MultiScaleFSQ(nn.Module):
         gains: Sequence[float] | None = None,
         upsample_mode: UpsampleMode = "bilinear",
         calibrate: bool = False,
-        range_rms: float = 3.0,
+        range_rms: float = DEFAULT_GAIN_RANGE_RMS,
     ):
         super().__init__()
         check_quantizer(levels, scales, gains)
