@@ -36,6 +36,7 @@ _NOT_IN_RUN_KEY = {
     "threads_per_worker",
     "max_failures",
     "decoded_cache_mb",
+    "prefetch_batches",
     "register_alias",
 }
 
@@ -74,6 +75,9 @@ class TokenizerTrainingConfig(StrictModel):
     shuffle_buffer: int = Field(32, ge=1, description="clips mixed across shards in each worker")
     decoded_cache_mb: int = Field(
         512, ge=0, description="decoded clips each worker keeps (MiB); 0: decode every draw"
+    )
+    prefetch_batches: int = Field(
+        2, ge=1, description="batches a background thread keeps ready (decoded, cropped)"
     )
     # Optimisation: AdamW for the tokenizer and the discriminator, warm-up then cosine or constant.
     batch_size: int = Field(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ from models.tokenizer import TokenizerConfig, TokenizerLoss, VideoTokenizer, psn
 from tasks import storage
 from tasks.data.clips import DecodedClipCache
 from tasks.data.datasets import DatasetRef
+from tasks.data.prefetch import Prefetcher
 from tasks.storage import StorageSettings
 from tasks.train.budget import TimeBudget, schedule_progress
 from tasks.train.checkpoints import (
@@ -221,7 +221,7 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
 
     decoded = DecodedClipCache(cfg.decoded_cache_mb * 2**20)  # one for crops and whole windows
 
-    def batches_of(crop: int | None) -> Iterator[Tensor]:
+    def batches_of(crop: int | None) -> Prefetcher[Tensor]:
         data = ShardClipDataset(
             spec.dataset,
             cfg.resolution,
@@ -236,7 +236,10 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
             crop=crop,
             decoded=decoded,
         )
-        return iter(torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0))
+        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=0)
+        return Prefetcher(
+            iter(loader), depth=cfg.prefetch_batches, name=f"batches-rank{worker.rank}"
+        )
 
     def progress(step: int) -> float:
         return max(step / cfg.steps, time_fraction)
@@ -259,90 +262,98 @@ def run_training(spec: TrainingSpec, worker: WorkerContext | None = None) -> Tra
     spent = time_fraction >= 1.0 and start_step > 0
     full_windows = cfg.on_full_windows(progress(start_step))
     batches = batches_of(None if full_windows else cfg.crop)
-    for step in range(start_step, start_step if spent else cfg.steps):
-        if not full_windows and cfg.on_full_windows(progress(step)):
-            # The same step on every rank: `time_fraction` is rank 0's clock, broadcast.
-            full_windows, batches = True, batches_of(None)
-            sample_clip = None  # later samples show the whole frame
-            if worker.rank == 0:
-                log.info("step %d: training on whole %dpx windows from here", step, cfg.resolution)
-        video = next(batches).to(worker.device, non_blocking=True)
-        if sample_clip is None:
-            sample_clip = video[0].detach().clone()
-        for name, optimizer in optimizers.items():
-            base = cfg.lr if name == "tokenizer" else d_lr
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step, base, time_fraction)
+    try:
+        for step in range(start_step, start_step if spent else cfg.steps):
+            if not full_windows and cfg.on_full_windows(progress(step)):
+                # The same step on every rank: `time_fraction` is rank 0's clock, broadcast.
+                batches.close()
+                full_windows, batches = True, batches_of(None)
+                sample_clip = None  # later samples show the whole frame
+                if worker.rank == 0:
+                    log.info(
+                        "step %d: training on whole %dpx windows from here", step, cfg.resolution
+                    )
+            video = next(batches).to(worker.device, non_blocking=True)
+            if sample_clip is None:
+                sample_clip = video[0].detach().clone()
+            for name, optimizer in optimizers.items():
+                base = cfg.lr if name == "tokenizer" else d_lr
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step, base, time_fraction)
 
-        with autocast:
-            reconstruction, aux = model(video)
-            g_loss, logs = loss.generator_loss(video, reconstruction, tokenizer.last_layer, step)
-        optimizers["tokenizer"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        if cfg.grad_clip:
-            logs["grad_norm"] = nn.utils.clip_grad_norm_(tokenizer.parameters(), cfg.grad_clip)
-        optimizers["tokenizer"].step()
-        if average is not None:
-            average.update(tokenizer, step)
-        # The generator's backward also filled the discriminator's grads: clear them first.
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        if loss.gan_active(step):
             with autocast:
-                d_loss, d_logs = loss.discriminator_loss(video, reconstruction, step)
-            d_loss.backward()
-            optimizers["discriminator"].step()
-            logs.update(d_logs)
+                reconstruction, aux = model(video)
+                g_loss, logs = loss.generator_loss(
+                    video, reconstruction, tokenizer.last_layer, step
+                )
+            optimizers["tokenizer"].zero_grad(set_to_none=True)
+            g_loss.backward()
+            if cfg.grad_clip:
+                logs["grad_norm"] = nn.utils.clip_grad_norm_(tokenizer.parameters(), cfg.grad_clip)
+            optimizers["tokenizer"].step()
+            if average is not None:
+                average.update(tokenizer, step)
+            # The generator's backward also filled the discriminator's grads: clear them first.
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            if loss.gan_active(step):
+                with autocast:
+                    d_loss, d_logs = loss.discriminator_loss(video, reconstruction, step)
+                d_loss.backward()
+                optimizers["discriminator"].step()
+                logs.update(d_logs)
 
-        with torch.no_grad():
-            recon = reconstruction.detach().float().clamp(-1, 1)
-            logs["psnr_db"] = psnr(recon, video).mean()
-        for key, value in {**logs, **aux}.items():
-            window[key] = window.get(key, 0.0) + float(value)
-            counts[key] = counts.get(key, 0) + 1
-        window_steps += 1
-        trained += 1
-        done = final_step = step + 1
-        time_fraction = budget.fraction(worker)
-        last = done == cfg.steps or time_fraction >= 1.0
-
-        if done % cfg.log_every == 0 or last:
             with torch.no_grad():
-                ssim_value = float(ssim(recon, video).mean())
-            elapsed = time.perf_counter() - window_start
-            metrics = {k: v / counts[k] for k, v in window.items()}
-            metrics["ssim"] = ssim_value
-            metrics = worker.mean(metrics)
-            metrics["lr"] = optimizers["tokenizer"].param_groups[0]["lr"]
-            metrics["budget_fraction"] = time_fraction
-            metrics["clips_per_s"] = window_steps * cfg.batch_size * worker.world_size / elapsed
-            worker.report({**metrics, "step": done})
-            if worker.rank == 0:
-                worker.publish(MetricsEvent(step=done, metrics=metrics))
-            window, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
+                recon = reconstruction.detach().float().clamp(-1, 1)
+                logs["psnr_db"] = psnr(recon, video).mean()
+            for key, value in {**logs, **aux}.items():
+                window[key] = window.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
+            window_steps += 1
+            trained += 1
+            done = final_step = step + 1
+            time_fraction = budget.fraction(worker)
+            last = done == cfg.steps or time_fraction >= 1.0
 
-        if worker.rank == 0 and (done % cfg.sample_every == 0 or last):
-            uri = _write_sample(spec.run_dir, done, tokenizer, sample_clip, cfg.sample_fps)
-            worker.publish(SampleEvent(step=done, uri=uri))
-        if worker.rank == 0 and (done % cfg.checkpoint_every == 0 or last):
-            checkpoint_uri = save_checkpoint(
-                spec.run_dir,
-                done,
-                tokenizer,
-                discriminator,
-                optimizers,
-                metadata={
-                    "dataset": f"{spec.dataset.root}@{spec.dataset.version}",
-                    "dataset_version": spec.dataset.version,
-                    "training": cfg.model_dump(mode="json"),
-                    "world_size": worker.world_size,
-                    SPENT_KEY: round(budget.spent(), 3),
-                },
-                keep=cfg.keep_checkpoints,
-                averaged_state=average.state_dict() if average is not None else None,
-            )
-            worker.publish(CheckpointEvent(step=done, uri=checkpoint_uri))
-        if last:
-            break
+            if done % cfg.log_every == 0 or last:
+                with torch.no_grad():
+                    ssim_value = float(ssim(recon, video).mean())
+                elapsed = time.perf_counter() - window_start
+                metrics = {k: v / counts[k] for k, v in window.items()}
+                metrics["ssim"] = ssim_value
+                metrics = worker.mean(metrics)
+                metrics["lr"] = optimizers["tokenizer"].param_groups[0]["lr"]
+                metrics["budget_fraction"] = time_fraction
+                metrics["clips_per_s"] = window_steps * cfg.batch_size * worker.world_size / elapsed
+                worker.report({**metrics, "step": done})
+                if worker.rank == 0:
+                    worker.publish(MetricsEvent(step=done, metrics=metrics))
+                window, counts, window_steps, window_start = {}, {}, 0, time.perf_counter()
+
+            if worker.rank == 0 and (done % cfg.sample_every == 0 or last):
+                uri = _write_sample(spec.run_dir, done, tokenizer, sample_clip, cfg.sample_fps)
+                worker.publish(SampleEvent(step=done, uri=uri))
+            if worker.rank == 0 and (done % cfg.checkpoint_every == 0 or last):
+                checkpoint_uri = save_checkpoint(
+                    spec.run_dir,
+                    done,
+                    tokenizer,
+                    discriminator,
+                    optimizers,
+                    metadata={
+                        "dataset": f"{spec.dataset.root}@{spec.dataset.version}",
+                        "dataset_version": spec.dataset.version,
+                        "training": cfg.model_dump(mode="json"),
+                        "world_size": worker.world_size,
+                        SPENT_KEY: round(budget.spent(), 3),
+                    },
+                    keep=cfg.keep_checkpoints,
+                    averaged_state=average.state_dict() if average is not None else None,
+                )
+                worker.publish(CheckpointEvent(step=done, uri=checkpoint_uri))
+            if last:
+                break
+    finally:  # stop the prefetch thread, also when a step raised
+        batches.close()
 
     if worker.rank != 0:
         return None
