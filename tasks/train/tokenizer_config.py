@@ -63,7 +63,10 @@ class TokenizerTrainingConfig(StrictModel):
     # A multi-scale tokenizer's coarse scales merge on windows below its pyramid side, so crops
     # that small need whole windows at the end: the last `full_window_fraction` of training
     # (of its steps, or of its time budget, whichever is further along) uses uncropped clips, so
-    # the decoder and the calibrated gains finish on the pyramid its tokens come from.
+    # the decoder and the calibrated gains finish on the pyramid its tokens come from. Any
+    # tokenizer gains from it: its per-frame norms take statistics over the window, so a model
+    # trained on crops alone meets other statistics on whole frames (single-scale FSQ, 240 s:
+    # 1.1-1.6 dB lower held out; with a per-position norm instead, no gap).
     full_window_fraction: float = Field(
         0.0,
         ge=0,
